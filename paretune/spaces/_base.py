@@ -1,0 +1,277 @@
+"""Knobs, stages and the family registry: what every method family declares."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from paretune.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "Choice",
+    "Family",
+    "FamilyConfig",
+    "Fixed",
+    "Float",
+    "Int",
+    "Knob",
+    "Stage",
+    "TrialContext",
+    "families",
+    "get_family",
+    "knob_names",
+    "register_family",
+]
+
+
+class Stage(enum.IntEnum):
+    """Order in which families act inside one trial (see DESIGN.md, Stages)."""
+
+    ARCH = 0
+    PRUNE = 1
+    QUANT_TRAIN = 2
+    ADAPT = 3
+    TRAIN = 4
+    COMPRESS = 5
+
+
+@dataclass(frozen=True)
+class Float:
+    """A float range; ``log`` samples on a log scale, ``step`` discretizes it."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def check(self, name: str) -> None:
+        if not self.low <= self.high:
+            raise ConfigError(
+                f"`low <= high` must hold for {name}, but got (low={self.low}, high={self.high})."
+            )
+        if self.log and self.low <= 0:
+            raise ConfigError(
+                f"`low > 0` must hold for {name} with log: true, but got low={self.low}; "
+                "raise low or set log: false."
+            )
+        if self.log and self.step is not None:
+            raise ConfigError(f"{name} cannot have both log: true and a step; drop one.")
+        if self.step is not None and self.step <= 0:
+            raise ConfigError(f"`step > 0` must hold for {name}, but got step={self.step}.")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list[Any] | None:
+        if self.step is None:
+            return None
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [round(self.low + i * self.step, 12) for i in range(n)]
+
+    def endpoints(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer range; ``log`` samples on a log scale, ``step`` strides it."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def check(self, name: str) -> None:
+        for key in ("low", "high", "step"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name}.{key} must be an integer, but got {value!r}.")
+        Float(self.low, self.high, self.log, None if self.step == 1 else self.step).check(name)
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list[Any] | None:
+        return list(range(self.low, self.high + 1, self.step))
+
+    def endpoints(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True, init=False)
+class Choice:
+    """A categorical knob: one of ``choices``."""
+
+    choices: tuple[Any, ...]
+
+    def __init__(self, *choices: Any) -> None:
+        object.__setattr__(self, "choices", tuple(choices))
+
+    def check(self, name: str) -> None:
+        if not self.choices:
+            raise ConfigError(f"{name} needs at least one choice, but got an empty list.")
+        for c in self.choices:
+            if not isinstance(c, (str, int, float, bool)) and c is not None:
+                raise ConfigError(
+                    f"choices of {name} must be strings or numbers, but got {c!r}."
+                )
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if len(self.choices) == 1:
+            return self.choices[0]
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def grid(self) -> list[Any] | None:
+        return list(self.choices)
+
+    def endpoints(self) -> list[Any]:
+        return list(self.choices)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A knob the config pins to one value: not searched, still recorded in every trial."""
+
+    value: Any
+
+    def check(self, name: str) -> None:
+        Choice(self.value).check(name)
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return self.value
+
+    def grid(self) -> list[Any] | None:
+        return [self.value]
+
+    def endpoints(self) -> list[Any]:
+        return [self.value]
+
+
+Knob = Union[Float, Int, Choice, Fixed]
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Base of every family's config dataclass: one field per knob, validated on creation."""
+
+    @classmethod
+    def from_params(cls, family: str, params: Mapping[str, Any]) -> FamilyConfig:
+        prefix = family + "."
+        kwargs = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        return cls(**kwargs)
+
+
+@dataclass
+class TrialContext:
+    """What a family's apply function may read and write while a trial runs.
+
+    Families never call each other; they talk through the model they transform and this
+    context (e.g. the distill family leaves a loss term here that the train loop adds).
+    """
+
+    params: dict[str, Any]
+    device: str
+    seed: int
+    tokenizer: Any
+    train_data: Any
+    eval_data: Any
+    task: Mapping[str, Any]
+    model_spec: Mapping[str, Any]
+    cache_dir: str
+    stats: dict[str, float] = field(default_factory=dict)
+    loss_terms: list[Callable[..., Any]] = field(default_factory=list)
+    log: Callable[[str], None] = print
+
+
+ApplyFn = Callable[[Any, FamilyConfig, TrialContext], Any]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered method family: its knobs, config, and what it does at which stage."""
+
+    name: str
+    config_cls: type[FamilyConfig]
+    hooks: Mapping[Stage, ApplyFn]
+    knobs: Mapping[str, Knob]
+    when: Mapping[str, tuple[Any, ...]]
+    doc: str
+
+    def is_active(self, params: Mapping[str, Any]) -> bool:
+        """True when every knob this family depends on has one of the listed values."""
+        return all(params.get(k) in allowed for k, allowed in self.when.items())
+
+    def config(self, params: Mapping[str, Any]) -> FamilyConfig:
+        return self.config_cls.from_params(self.name, params)
+
+
+_REGISTRY: dict[str, Family] = {}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_family(
+    name: str,
+    config_cls: type[FamilyConfig],
+    apply: ApplyFn | None,
+    *,
+    stage: Stage,
+    knobs: Mapping[str, Knob],
+    when: Mapping[str, Any] | None = None,
+    compress: ApplyFn | None = None,
+) -> Family:
+    """Add a method family to the joint space.
+
+    Args:
+        name: lower-case unique namespace of the family's knobs (``lora`` -> ``lora.r``).
+        config_cls: frozen dataclass with one field (and default) per knob.
+        apply: called at ``stage`` as ``apply(model, cfg, ctx) -> model``.
+        stage: when ``apply`` runs.
+        knobs: default search range of each knob.
+        when: the family is active only if each named knob (of a family registered
+            earlier) takes one of the listed values, e.g. ``{"peft.method": ("lora",)}``.
+        compress: optional second hook, run at ``Stage.COMPRESS`` after training.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"family name must match {_NAME.pattern}, but got {name!r}.")
+    if name in _REGISTRY:
+        raise ValueError(f"family {name!r} is registered already.")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    for knob, spec in knobs.items():
+        if knob not in fields:
+            raise ValueError(f"knob {name}.{knob} is not a field of {config_cls.__name__}.")
+        spec.check(f"{name}.{knob}")
+    cond = {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in (when or {}).items()}
+    known = knob_names()
+    for k in cond:
+        if k not in known:
+            raise ValueError(f"family {name!r} depends on {k!r}, which no earlier family declares.")
+    hooks: dict[Stage, ApplyFn] = {}
+    if apply is not None:
+        hooks[stage] = apply
+    if compress is not None:
+        hooks[Stage.COMPRESS] = compress
+    family = Family(name, config_cls, hooks, dict(knobs), cond, (config_cls.__doc__ or "").strip())
+    _REGISTRY[name] = family
+    return family
+
+
+def families() -> list[Family]:
+    """Every registered family, in registration order (conditions point backwards)."""
+    return list(_REGISTRY.values())
+
+
+def get_family(name: str) -> Family:
+    return _REGISTRY[name]
+
+
+def knob_names() -> dict[str, Knob]:
+    """``{"family.knob": default_spec}`` for every registered knob."""
+    return {f"{f.name}.{k}": spec for f in _REGISTRY.values() for k, spec in f.knobs.items()}

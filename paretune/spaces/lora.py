@@ -1,0 +1,80 @@
+"""LoRA adapters through peft (stage ADAPT); active when peft.method is lora."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from paretune.errors import ConfigError
+from paretune.spaces._base import Choice, FamilyConfig, Float, Int, Stage, TrialContext
+from paretune.spaces._base import register_family
+
+TARGETS = ("qv", "attention", "all-linear")
+
+# Module names of the attention projections, per model type; peft matches name suffixes.
+_ATTENTION = {
+    "bert": (["query", "value"], r".*attention\.(self\.(query|key|value)|output\.dense)$"),
+    "llama": (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
+}
+
+
+@dataclass(frozen=True)
+class LoraConfig(FamilyConfig):
+    """Low-rank adapters. r: rank. alpha: scaling numerator (scale = alpha / r).
+    dropout: dropout on the adapter input. targets: `qv` (query and value projections),
+    `attention` (every attention projection) or `all-linear` (every linear layer but the head).
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: str = "qv"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.r, int) and self.r >= 1):
+            raise ConfigError(f"`lora.r >= 1` (an integer) must hold, but got {self.r}.")
+        if not self.alpha > 0:
+            raise ConfigError(f"`lora.alpha > 0` must hold, but got {self.alpha}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"`0 <= lora.dropout < 1` must hold, but got {self.dropout}.")
+        if self.targets not in TARGETS:
+            raise ConfigError(
+                f"lora.targets must be one of {', '.join(TARGETS)}, but got {self.targets!r}."
+            )
+
+
+def target_modules(model_type: str, targets: str) -> Any:
+    if targets == "all-linear":
+        return "all-linear"
+    names = _ATTENTION.get(model_type)
+    if names is None:
+        return None  # peft's own default for this architecture
+    return names[0] if targets == "qv" else names[1]
+
+
+def apply(model: Any, cfg: LoraConfig, ctx: TrialContext) -> Any:
+    import peft
+
+    config = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_modules(model.config.model_type, cfg.targets),
+    )
+    return peft.get_peft_model(model, config)
+
+
+register_family(
+    "lora",
+    LoraConfig,
+    apply,
+    stage=Stage.ADAPT,
+    when={"peft.method": ("lora",)},
+    knobs={
+        "r": Choice(4, 8, 16, 32),
+        "alpha": Choice(8, 16, 32),
+        "dropout": Float(0.0, 0.2, step=0.05),
+        "targets": Choice(*TARGETS),
+    },
+)

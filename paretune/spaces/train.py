@@ -1,0 +1,102 @@
+"""Training hyperparameters, and the training loop that uses them (stage TRAIN)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from paretune.errors import ConfigError, TrialFailed
+from paretune.spaces._base import Choice, FamilyConfig, Float, Int, Stage, TrialContext
+from paretune.spaces._base import register_family
+
+
+@dataclass(frozen=True)
+class TrainConfig(FamilyConfig):
+    """Fine-tuning with AdamW and a linear decay.
+
+    lr: peak learning rate. epochs: passes over the training split. batch_size: examples per
+    optimizer step. weight_decay: AdamW decoupled weight decay.
+    """
+
+    lr: float = 5e-4
+    epochs: int = 2
+    batch_size: int = 16
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr <= 1.0:
+            raise ConfigError(f"`0 < train.lr <= 1` must hold, but got {self.lr}.")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ConfigError(f"`train.epochs >= 1` (an integer) must hold, but got {self.epochs}.")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(
+                f"`train.batch_size >= 1` (an integer) must hold, but got {self.batch_size}."
+            )
+        if not 0.0 <= self.weight_decay <= 1.0:
+            raise ConfigError(
+                f"`0 <= train.weight_decay <= 1` must hold, but got {self.weight_decay}."
+            )
+
+
+def batches(data: Any, batch_size: int, order: Any, device: str) -> Any:
+    """Yield dict batches from a tokenized split, trimmed to the longest row of each batch."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        mask = data.attention_mask[idx]
+        width = int(mask.sum(dim=1).max())
+        batch = {"input_ids": data.input_ids[idx, :width], "attention_mask": mask[:, :width]}
+        yield {k: v.to(device) for k, v in batch.items()}, data.labels[idx].to(device)
+
+
+def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
+    import torch
+
+    data = ctx.train_data
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrialFailed("the model has no trainable parameters: check peft.method.")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
+    gen = torch.Generator().manual_seed(ctx.seed)
+    model.train()
+    start, step, loss_sum = time.perf_counter(), 0, 0.0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(data), generator=gen)
+        for batch, labels in batches(data, cfg.batch_size, order, ctx.device):
+            out = model(**batch)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+            for term in ctx.loss_terms:
+                loss = term(loss, out.logits, batch, labels)
+            if not torch.isfinite(loss):
+                raise TrialFailed(
+                    f"training loss became {loss.item()} at step {step} (epoch {epoch}); "
+                    "lower train.lr."
+                )
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += loss.item()
+    model.eval()
+    ctx.stats["train_time_s"] = time.perf_counter() - start
+    ctx.stats["train_loss"] = loss_sum / max(1, step)
+    return model
+
+
+register_family(
+    "train",
+    TrainConfig,
+    train,
+    stage=Stage.TRAIN,
+    knobs={
+        "lr": Float(1e-5, 1e-3, log=True),
+        "epochs": Int(1, 3),
+        "batch_size": Choice(8, 16, 32),
+        "weight_decay": Float(0.0, 0.1),
+    },
+)
