@@ -63,7 +63,7 @@ def load_base(name: str, num_labels: int) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, local_files_only=offline
+            path, num_labels=num_labels, local_files_only=offline, ignore_mismatched_sizes=True
         )
     finally:
         hf_logging.set_verbosity(verbosity)

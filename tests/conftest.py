@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny random-init BERT and a tiny synthetic task, nothing downloaded."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TOPICS = {
+    "sport": "goal match team coach league score player win",
+    "tech": "software chip computer code robot phone data cloud",
+    "money": "bank market price stock loan trade profit tax",
+}
+FILLER = "the a of today new report says this week people city".split()
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """Short texts whose label is given away by topic words: learnable in one epoch."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(TOPICS)[i % len(TOPICS)]
+        words = rng.sample(TOPICS[label].split(), 3) + rng.sample(FILLER, 4)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("data") / "topics.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(synthetic_rows(180, seed=0))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from paretune.models import make_tiny_model
+
+    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert", texts)
+
+
+@pytest.fixture
+def raw_config(tmp_path: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
+    """A small, valid study config (as parsed YAML) on the tiny model and task."""
+    return {
+        "study": {
+            "name": "t",
+            "storage": f"sqlite:///{tmp_path / 'study.db'}",
+            "n_trials": 2,
+            "seed": 0,
+            "objectives": {"accuracy": "maximize", "size_mb": "minimize"},
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "model": {"name": tiny_model, "max_length": 32},
+        "task": {"dataset": tiny_csv, "eval_split": 0.25},
+        "space": {
+            "train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
+            "train.epochs": 1,
+            "train.batch_size": 16,
+            "train.weight_decay": 0.0,
+        },
+        "measure": {"latency_repeats": 2, "latency_warmup": 1},
+    }

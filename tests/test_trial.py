@@ -1,0 +1,69 @@
+"""run_trial end to end on the tiny model: every registered metric measured, failures are data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paretune.search import parse_config
+from paretune.trial import TrialSpec, run_trial
+
+
+def _spec(raw: dict[str, Any], **params: Any) -> TrialSpec:
+    cfg = parse_config(raw)
+    base = {
+        "train.lr": 3e-3, "train.epochs": 1, "train.batch_size": 16, "train.weight_decay": 0.0,
+        "peft.method": "none",
+    }
+    return TrialSpec(0, {**base, **params}, cfg.context())
+
+
+def test_full_finetune_measures_every_metric(raw_config: dict[str, Any]) -> None:
+    result = run_trial(_spec(raw_config))
+    assert result.state == "complete", result.error
+    assert set(result.metrics) >= {
+        "accuracy", "size_mb", "latency_ms", "trainable_params", "train_time_s"
+    }
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert result.metrics["size_mb"] > 0
+    assert result.metrics["latency_ms"] > 0
+
+
+def test_lora_trains_fewer_params_and_ships_merged(raw_config: dict[str, Any]) -> None:
+    full = run_trial(_spec(raw_config))
+    lora = run_trial(_spec(raw_config, **{
+        "peft.method": "lora", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+        "lora.targets": "qv",
+    }))
+    assert lora.state == "complete", lora.error
+    assert lora.metrics["trainable_params"] < full.metrics["trainable_params"] / 5
+    # adapters are merged into the base weights: the artifact is the same plain model
+    assert abs(lora.metrics["size_mb"] - full.metrics["size_mb"]) < 0.01
+
+
+def test_nan_loss_is_a_failed_trial_not_a_crash(
+    raw_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(
+        torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan")
+    )
+    result = run_trial(_spec(raw_config))
+    assert result.state == "fail"
+    assert "training loss became nan at step 0" in (result.error or "")
+
+
+def test_invalid_knob_value_fails_the_trial_with_the_rule(raw_config: dict[str, Any]) -> None:
+    result = run_trial(_spec(raw_config, **{"train.lr": 5.0}))
+    assert result.state == "fail"
+    assert "`0 < train.lr <= 1` must hold, but got 5.0." == result.error
+
+
+def test_same_seed_same_metrics(raw_config: dict[str, Any]) -> None:
+    a = run_trial(_spec(raw_config))
+    b = run_trial(_spec(raw_config))
+    assert a.metrics["accuracy"] == b.metrics["accuracy"]
+    assert a.metrics["size_mb"] == b.metrics["size_mb"]
