@@ -51,7 +51,30 @@ def resolve(name: str) -> str:
     return str(Path(name).expanduser()) if _looks_local(name) else name
 
 
-def load_base(name: str, num_labels: int) -> tuple[Any, Any]:
+_WARM: dict[tuple[str, int, int], tuple[Any, Any]] = {}
+
+
+def load_base(name: str, num_labels: int, seed: int = 0) -> tuple[Any, Any]:
+    """A fresh copy of the base (model, tokenizer), loaded from disk once per process.
+
+    Workers that run many trials (launchers keep them alive) start later trials from the
+    copy in memory instead of reading and initializing the weights again. The new task head
+    is initialized under ``seed``, so a warm copy equals a cold load.
+    """
+    import copy
+
+    import torch
+
+    key = (name, num_labels, seed)
+    if key not in _WARM:
+        _WARM.clear()  # one base model per study: keep memory flat
+        torch.manual_seed(seed)
+        _WARM[key] = _load(name, num_labels)
+    model, tokenizer = _WARM[key]
+    return copy.deepcopy(model), tokenizer
+
+
+def _load(name: str, num_labels: int) -> tuple[Any, Any]:
     """Load (model, tokenizer) for sequence classification from an alias, a path or a hub id."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -72,12 +72,16 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
 
 
-def run_trial(spec: TrialSpec) -> TrialResult:
-    """Load, apply every active family stage by stage, train, measure. Failures are data."""
+def run_trial(spec: TrialSpec, artifact_dir: str | None = None) -> TrialResult:
+    """Load, apply every active family stage by stage, train, measure. Failures are data.
+
+    With ``artifact_dir`` the shipped model (and its tokenizer) stays there; otherwise it is
+    written to a temporary directory, measured, and removed.
+    """
     start = time.perf_counter()
     try:
         _quiet_libraries()
-        metrics = _run(spec)
+        metrics = _run(spec, artifact_dir)
         return TrialResult(spec.number, "complete", metrics, None, time.perf_counter() - start)
     except Exception as exc:  # a trial's failure is recorded, never raised
         if isinstance(exc, ParetuneError):
@@ -89,11 +93,10 @@ def run_trial(spec: TrialSpec) -> TrialResult:
         return TrialResult(spec.number, "fail", {}, reason, time.perf_counter() - start)
 
 
-def _run(spec: TrialSpec) -> dict[str, float]:
-    import torch
-
+def build(spec: TrialSpec) -> tuple[Any, Any]:
+    """The trial's model after every stage (ARCH ... COMPRESS), and its context."""
     from paretune import data as data_mod
-    from paretune import models, objectives, spaces
+    from paretune import models, spaces
 
     ctx_in = spec.context
     seed = int(ctx_in["seed"])
@@ -102,8 +105,8 @@ def _run(spec: TrialSpec) -> dict[str, float]:
     cache_dir = ctx_in.get("cache_dir")
 
     dataset = data_mod.load_task_data(task, seed)
+    model, tokenizer = models.load_base(model_spec["name"], len(dataset.label_names), seed)
     seed_everything(seed)
-    model, tokenizer = models.load_base(model_spec["name"], len(dataset.label_names))
     max_length = int(model_spec.get("max_length", 128))
     train = data_mod.tokenize(
         tokenizer, dataset.train_texts, dataset.train_labels, max_length,
@@ -117,7 +120,7 @@ def _run(spec: TrialSpec) -> dict[str, float]:
     ctx = spaces.TrialContext(
         params=dict(spec.params), device=device, seed=seed, tokenizer=tokenizer,
         train_data=train, eval_data=eval_, task=task, model_spec=model_spec,
-        cache_dir=cache_dir or tempfile.gettempdir(),
+        cache_dir=cache_dir or tempfile.gettempdir(), data_fingerprint=dataset.fingerprint,
     )
     active = [f for f in spaces.families() if f.is_active(spec.params)]
     for stage in spaces.Stage:
@@ -130,19 +133,42 @@ def _run(spec: TrialSpec) -> dict[str, float]:
             if hook is not None:
                 model = hook(model, family.config(spec.params), ctx)
     model.eval()
+    return model, ctx
 
-    artifact = tempfile.mkdtemp(prefix=f"paretune-trial{spec.number}-")
+
+def write_artifact(model: Any, ctx: Any, directory: str) -> None:
+    """Save the model as it ships. A family that changes the format (packed quantized
+    weights, say) sets ``ctx.artifact_writer``; the default is safetensors via
+    ``save_pretrained``."""
+    writer = getattr(ctx, "artifact_writer", None)
+    if writer is not None:
+        writer(model, directory)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+
+
+def _run(spec: TrialSpec, artifact_dir: str | None) -> dict[str, float]:
+    import torch
+
+    from paretune import objectives
+
+    model, ctx = build(spec)
+    keep = artifact_dir is not None
+    artifact = artifact_dir or tempfile.mkdtemp(prefix=f"paretune-trial{spec.number}-")
     try:
-        model.save_pretrained(artifact, safe_serialization=True)
+        write_artifact(model, ctx, artifact)
         outcome = objectives.Outcome(
-            model=model, eval_data=eval_, artifact_dir=artifact, device=device,
-            task_type=task["type"], stats=ctx.stats, measure=dict(ctx_in.get("measure", {})),
-            cache={},
+            model=model, eval_data=ctx.eval_data, artifact_dir=artifact, device=ctx.device,
+            task_type=ctx.task["type"], stats=ctx.stats,
+            measure=dict(spec.context.get("measure", {})), cache={},
         )
-        metrics = {o.name: float(o.fn(outcome)) for o in objectives.objectives(task["type"])}
+        metrics = {o.name: float(o.fn(outcome)) for o in objectives.objectives(ctx.task["type"])}
+        if keep:  # the tokenizer ships with a kept artifact, but is not counted in size_mb
+            ctx.tokenizer.save_pretrained(artifact)
     finally:
-        shutil.rmtree(artifact, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(artifact, ignore_errors=True)
     del model
-    if device.startswith("cuda"):
+    if ctx.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return metrics

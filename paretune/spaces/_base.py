@@ -186,8 +186,10 @@ class TrialContext:
     task: Mapping[str, Any]
     model_spec: Mapping[str, Any]
     cache_dir: str
+    data_fingerprint: str = ""
     stats: dict[str, float] = field(default_factory=dict)
     loss_terms: list[Callable[..., Any]] = field(default_factory=list)
+    artifact_writer: Callable[[Any, str], None] | None = None
     log: Callable[[str], None] = print
 
 

@@ -41,13 +41,29 @@ class TrainConfig(FamilyConfig):
 
 
 def batches(data: Any, batch_size: int, order: Any, device: str) -> Any:
-    """Yield dict batches from a tokenized split, trimmed to the longest row of each batch."""
+    """Yield (inputs, labels) from a right-padded tokenized split, trimmed to the longest row
+    of each batch. Labels are class ids [B], or token ids [B, T] (-100 = no loss) for LMs."""
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         mask = data.attention_mask[idx]
         width = int(mask.sum(dim=1).max())
         batch = {"input_ids": data.input_ids[idx, :width], "attention_mask": mask[:, :width]}
-        yield {k: v.to(device) for k, v in batch.items()}, data.labels[idx].to(device)
+        labels = data.labels[idx]
+        if labels.dim() == 2:
+            labels = labels[:, :width]
+        yield {k: v.to(device) for k, v in batch.items()}, labels.to(device)
+
+
+def task_loss(logits: Any, labels: Any) -> Any:
+    """Cross-entropy of the task: per example for classification, per next token for LMs."""
+    import torch.nn.functional as F
+
+    if labels.dim() == 1:
+        return F.cross_entropy(logits.float(), labels)
+    shifted = logits[:, :-1].float()
+    return F.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
@@ -68,7 +84,7 @@ def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
         order = torch.randperm(len(data), generator=gen)
         for batch, labels in batches(data, cfg.batch_size, order, ctx.device):
             out = model(**batch)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+            loss = task_loss(out.logits, labels)
             for term in ctx.loss_terms:
                 loss = term(loss, out.logits, batch, labels)
             if not torch.isfinite(loss):
