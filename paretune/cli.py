@@ -79,13 +79,10 @@ def print_front(study: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import yaml
+    from paretune.search import is_recipe, load_config, read_yaml, replay_recipe, run_study
 
-    from paretune.search import is_recipe, load_config, replay_recipe, run_study
-
-    path = Path(args.config)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if raw is not None and is_recipe(raw):
+    raw = read_yaml(args.config)
+    if is_recipe(raw):
         if args.overrides:
             raise ConfigError("a recipe replays as written; overrides are for study configs.")
         result = replay_recipe(raw)
@@ -98,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ["metric", "recorded", "replayed"],
         ))
         return 0
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(raw, args.overrides)
     study = run_study(cfg)
     print_front(study)
     print(f"study {cfg.study.name!r} is stored in {cfg.study.storage}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paretune.search._config import Config, load_config, parse_config
+from paretune.search._config import Config, load_config, parse_config, read_yaml
 from paretune.search._engine import open_study, run_study, tell_result
 from paretune.search._front import dominates, knee, pareto_front
 from paretune.search._recipe import (
@@ -27,6 +27,7 @@ __all__ = [
     "parse_config",
     "pareto_front",
     "pick_trial",
+    "read_yaml",
     "replay_recipe",
     "run_study",
     "tell_result",

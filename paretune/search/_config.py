@@ -16,7 +16,7 @@ from typing import Any
 
 from paretune.errors import ConfigError
 
-__all__ = ["Config", "SAMPLERS", "load_config", "parse_config"]
+__all__ = ["Config", "SAMPLERS", "load_config", "parse_config", "read_yaml"]
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
 TASK_TYPES = ("classification",)
@@ -117,7 +117,7 @@ def _unknown(kind: str, key: str, known: Sequence[str]) -> ConfigError:
     return ConfigError(f"unknown {kind} {key!r}.{hint}")
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
@@ -167,9 +167,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 def load_config(
-    path: str | None, overrides: Sequence[str] = (), *, check_data: bool = True
+    path: str | dict[str, Any] | None, overrides: Sequence[str] = (), *, check_data: bool = True
 ) -> Config:
-    raw = _read_yaml(path) if path else {}
+    """A validated config from a YAML path (or its already-read mapping) plus overrides."""
+    raw = read_yaml(path) if isinstance(path, str) else (path or {})
     return parse_config(apply_overrides(raw, overrides), check_data=check_data)
 
 
@@ -237,7 +238,9 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     space = parse_space(raw.get("space") or {})
     cfg = Config(study, model, task, space, launcher, measure)
     if study.sampler == "grid":
-        grid_space(cfg)  # raises if a searched knob has no finite list of values
+        from paretune.search._space import grid_points
+
+        grid_points(cfg)  # raises if a searched knob has no finite list of values
     if check_data:
         _check_columns(task)
     return cfg
@@ -339,24 +342,6 @@ def _check_values(name: str, knob: Any) -> None:
             raise ConfigError(f"space.{name}: {exc}") from None
         except TypeError as exc:
             raise ConfigError(f"space.{name}: value {value!r} has the wrong type ({exc}).") from None
-
-
-def grid_space(cfg: Config) -> dict[str, list[Any]]:
-    """The exhaustive grid for sampler 'grid': every searched knob needs a finite list."""
-    from paretune import spaces
-
-    grid: dict[str, list[Any]] = {}
-    for name, default in spaces.knob_names().items():
-        knob = cfg.space.get(name, default)
-        values = knob.grid()
-        if values is None:
-            raise ConfigError(
-                f"study.sampler 'grid' needs a finite list for every knob, but {name} is a "
-                "continuous range; give space." + name + " a list of values or a step."
-            )
-        if len(values) > 1:
-            grid[name] = values
-    return grid
 
 
 def _check_columns(task: TaskSection) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from paretune.errors import ConfigError
-from paretune.search._config import Config, grid_space
+from paretune.search._config import Config
+from paretune.search._space import grid_points
 from paretune.search._space import suggest
 from paretune.trial import TrialResult, TrialSpec, run_trial
 
@@ -23,32 +24,30 @@ __all__ = ["make_sampler", "open_study", "run_study", "tell_result"]
 INTERRUPTED = "interrupted: the run that started this trial ended before the trial finished"
 
 
-def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
-
-
 def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
     import optuna
 
+    """The sampler named in the config. Constraints reach it through ``Trial.set_constraint``.
+
+    ``grid`` enumerates its points itself (see ``grid_points``) and enqueues each one, so
+    conditional knobs never multiply into duplicate trials; the sampler behind it is unused.
+    """
     seed, name = cfg.study.seed, cfg.study.sampler
-    cons = _constraints_func if cfg.study.constraints else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
             return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, constraints_func=cons,
+                seed=seed, multivariate=True, group=True,
                 n_startup_trials=min(10, max(2, cfg.study.n_trials // 3)),
             )
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cons)
+            return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed, constraints_func=cons)
+            return optuna.samplers.NSGAIIISampler(seed=seed)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, constraints_func=cons)
-        if name == "random":
+            return optuna.samplers.GPSampler(seed=seed)
+        if name in ("random", "grid"):
             return optuna.samplers.RandomSampler(seed=seed)
-        if name == "grid":
-            return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
     raise ConfigError(f"unknown sampler {name!r}")  # parse_config already rejects it
 
 
@@ -119,15 +118,26 @@ def tell_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, c
         trial.set_user_attr("error", error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return "fail"
-    cons = [
-        (bound - result.metrics[m]) if op == ">=" else (result.metrics[m] - bound)
-        for m, op, bound in cfg.constraint_bounds()
-    ]
-    if cons:
-        trial.set_user_attr("constraints", cons)
-        trial.set_user_attr("feasible", all(c <= 0 for c in cons))
+    feasible = True
+    for metric, op, bound in cfg.constraint_bounds():
+        value = result.metrics[metric]
+        violation = (bound - value) if op == ">=" else (value - bound)
+        trial.set_constraint(f"{metric} {op} {bound}", violation)
+        feasible = feasible and violation <= 0
+    if cfg.study.constraints:
+        trial.set_user_attr("feasible", feasible)
     study.tell(trial, values)
     return "complete"
+
+
+def _grid_todo(study: optuna.Study, cfg: Config) -> list[dict[str, Any]]:
+    """Grid points not completed yet, as the searched params Optuna should enqueue."""
+    import optuna
+
+    done = [
+        t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ]
+    return [p for p in grid_points(cfg) if p not in done]
 
 
 def _fmt(result: TrialResult, params: dict[str, Any]) -> str:
@@ -156,9 +166,10 @@ def run_study(
     study = open_study(cfg)
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     budget = cfg.study.n_trials - done
+    grid: list[dict[str, Any]] = []
     if cfg.study.sampler == "grid":
-        size = math.prod(len(v) for v in grid_space(cfg).values())
-        budget = min(budget, size - done)
+        grid = _grid_todo(study, cfg)
+        budget = min(budget, len(grid))
     if budget <= 0:
         log(f"study {cfg.study.name!r} already has {done} completed trials; nothing to run.")
         return study
@@ -170,6 +181,8 @@ def run_study(
     try:
         while asked < budget or pending:
             while asked < budget and len(pending) < max(1, launcher.max_concurrent):
+                if grid:
+                    study.enqueue_trial(grid[asked])
                 trial = study.ask()
                 asked += 1
                 params = suggest(trial, cfg.space)

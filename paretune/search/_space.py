@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["suggest"]
+__all__ = ["grid_points", "suggest"]
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,3 +27,36 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
             name = f"{family.name}.{knob}"
             params[name] = space.get(name, default).suggest(trial, name)
     return params
+
+
+def grid_points(cfg: Any) -> list[dict[str, Any]]:
+    """Every distinct combination of the searched knobs, branch by branch.
+
+    A conditional family's knobs multiply only the branches where it is active, so
+    ``peft.method: [none, lora]`` with ``lora.r: [4, 8]`` gives 3 points, not 4.
+    Raises ConfigError if a searched knob is a continuous range.
+    """
+    from paretune import spaces
+    from paretune.errors import ConfigError
+
+    points: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {})]  # (all params, searched)
+    for family in spaces.families():
+        for knob, default in family.knobs.items():
+            name = f"{family.name}.{knob}"
+            spec = cfg.space.get(name, default)
+            values = spec.grid()
+            if values is None:
+                raise ConfigError(
+                    f"study.sampler 'grid' needs a finite list for every knob, but {name} is a "
+                    f"continuous range; give space.{name} a list of values or a step."
+                )
+            grown = []
+            for params, searched in points:
+                if not family.is_active(params):
+                    grown.append((params, searched))
+                    continue
+                for v in values:
+                    extra = {name: v} if len(values) > 1 else {}
+                    grown.append(({**params, name: v}, {**searched, **extra}))
+            points = grown
+    return [searched for _, searched in points]

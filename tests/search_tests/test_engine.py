@@ -1,0 +1,178 @@
+"""The ask/tell engine with a trivial trial function: samplers, storage, failures, resume."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import optuna
+import pytest
+
+from paretune.errors import ConfigError
+from paretune.search import front_trials, open_study, pareto_front, parse_config, run_study
+from paretune.search._engine import INTERRUPTED
+from paretune.trial import TrialResult, TrialSpec
+
+COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+
+
+def fake_trial(spec: TrialSpec) -> TrialResult:
+    """Accuracy rises with lr, size with lr too: a real trade-off, no model."""
+    lr = spec.params["train.lr"]
+    metrics = {
+        "accuracy": 0.5 + 100 * lr, "size_mb": 10 + 4000 * lr + spec.params["train.epochs"],
+        "latency_ms": 1.0, "trainable_params": 5.0, "train_time_s": 0.1,
+    }
+    return TrialResult(spec.number, "complete", metrics, None, 0.01)
+
+
+def _cfg(raw: dict[str, Any], **study: Any) -> Any:
+    raw["study"].update(study)
+    raw["space"]["train.epochs"] = [1, 2]
+    return parse_config(raw)
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "gp", "random", "grid"])
+def test_every_sampler_runs_and_stores_every_metric(raw_config: dict[str, Any], sampler: str) -> None:
+    raw_config["space"]["peft.method"] = "none"
+    if sampler == "grid":
+        raw_config["space"]["train.lr"] = [1e-3, 2e-3]
+    cfg = _cfg(raw_config, sampler=sampler, n_trials=6)
+    study = run_study(cfg, trial_fn=fake_trial, log=_quiet)
+    trials = study.get_trials(states=(COMPLETE,))
+    assert len(trials) == (4 if sampler == "grid" else 6)  # the grid has 2 x 2 points
+    assert study.metric_names == ["accuracy", "size_mb"]
+    for t in trials:
+        assert {"accuracy", "size_mb", "latency_ms", "trainable_params", "train_time_s"} <= set(
+            t.user_attrs
+        )
+        assert t.values == [t.user_attrs["accuracy"], t.user_attrs["size_mb"]]
+        assert t.user_attrs["params"]["train.batch_size"] == 16  # fixed knobs recorded too
+    if sampler == "grid":
+        seen = {(t.params["train.lr"], t.params["train.epochs"]) for t in trials}
+        assert seen == set(itertools.product([1e-3, 2e-3], [1, 2]))
+
+
+def test_front_is_exactly_the_non_dominated_completed_trials(raw_config: dict[str, Any]) -> None:
+    def noisy(spec: TrialSpec) -> TrialResult:
+        rng = random.Random(spec.number)
+        if spec.number % 5 == 3:
+            return TrialResult(spec.number, "fail", error="boom")
+        return TrialResult(spec.number, "complete", {
+            "accuracy": rng.random(), "size_mb": rng.random(), "latency_ms": rng.random(),
+            "trainable_params": 1.0, "train_time_s": 1.0,
+        })
+
+    study = run_study(_cfg(raw_config, sampler="random", n_trials=25), trial_fn=noisy, log=_quiet)
+    done = study.get_trials(states=(COMPLETE,))
+    expected = {
+        t.number for t in done
+        if not any(
+            o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+            for o in done
+        )
+    }
+    assert {t.number for t in front_trials(study)} == expected
+    assert len(study.get_trials(states=(FAIL,))) == 5
+
+
+def test_pareto_front_mixed_directions() -> None:
+    pts = [(0.9, 100.0), (0.8, 50.0), (0.85, 120.0), (0.8, 60.0), (0.95, 200.0)]
+    assert pareto_front(pts, ["maximize", "minimize"]) == [(0.9, 100.0), (0.8, 50.0), (0.95, 200.0)]
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(raw_config: dict[str, Any]) -> None:
+    def sometimes(spec: TrialSpec) -> TrialResult:
+        if spec.number == 1:
+            return TrialResult(spec.number, "fail", error="CUDA out of memory")
+        if spec.number == 2:
+            return TrialResult(spec.number, "complete", {"accuracy": float("nan"), "size_mb": 1.0})
+        return fake_trial(spec)
+
+    study = run_study(_cfg(raw_config, n_trials=4), trial_fn=sometimes, log=_quiet)
+    states = [t.state for t in study.trials]
+    assert states == [COMPLETE, FAIL, FAIL, COMPLETE]
+    assert study.trials[1].user_attrs["error"] == "CUDA out of memory"
+    assert "objective accuracy is nan" in study.trials[2].user_attrs["error"]
+
+
+def test_resume_counts_completed_trials(raw_config: dict[str, Any]) -> None:
+    run_study(_cfg(raw_config, n_trials=2), trial_fn=fake_trial, log=_quiet)
+    study = run_study(_cfg(raw_config, n_trials=5), trial_fn=fake_trial, log=_quiet)
+    assert len(study.get_trials(states=(COMPLETE,))) == 5
+    again = run_study(_cfg(raw_config, n_trials=5), trial_fn=fake_trial, log=_quiet)
+    assert len(again.trials) == 5
+
+
+def test_resume_with_another_model_is_refused(raw_config: dict[str, Any], tmp_path: Any) -> None:
+    run_study(_cfg(raw_config, n_trials=1), trial_fn=fake_trial, log=_quiet)
+    other = tmp_path / "other"
+    other.mkdir()
+    raw_config["model"]["name"] = str(other)
+    with pytest.raises(ConfigError, match="resumed study keeps its model"):
+        open_study(_cfg(raw_config))
+
+
+def test_interrupt_records_running_trial_and_keeps_completed(raw_config: dict[str, Any]) -> None:
+    def interrupted(spec: TrialSpec) -> TrialResult:
+        if spec.number == 2:
+            raise KeyboardInterrupt
+        return fake_trial(spec)
+
+    cfg = _cfg(raw_config, n_trials=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, trial_fn=interrupted, log=_quiet)
+    study = optuna.load_study(study_name="t", storage=cfg.study.storage)
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE, FAIL]
+    assert "interrupted (Ctrl-C)" in study.trials[2].user_attrs["error"]
+    resumed = run_study(cfg, trial_fn=fake_trial, log=_quiet)
+    assert len(resumed.get_trials(states=(COMPLETE,))) == 4
+
+
+def test_stale_running_trial_is_failed_on_resume(raw_config: dict[str, Any]) -> None:
+    cfg = _cfg(raw_config, n_trials=1)
+    study = open_study(cfg)
+    study.ask()  # a driver that died left this RUNNING
+    study = run_study(cfg, trial_fn=fake_trial, log=_quiet)
+    assert study.trials[0].state == FAIL and study.trials[0].user_attrs["error"] == INTERRUPTED
+    assert study.trials[1].state == COMPLETE
+
+
+def test_constraints_mark_infeasible_and_reach_the_sampler(raw_config: dict[str, Any]) -> None:
+    raw_config["study"]["constraints"] = ["accuracy >= 0.65"]
+    study = run_study(_cfg(raw_config, n_trials=8, sampler="tpe"), trial_fn=fake_trial, log=_quiet)
+    done = study.get_trials(states=(COMPLETE,))
+    for t in done:
+        assert t.user_attrs["feasible"] == (t.user_attrs["accuracy"] >= 0.65)
+        assert t.constraints == {"accuracy >= 0.65": pytest.approx(0.65 - t.user_attrs["accuracy"])}
+    assert all(t.user_attrs["feasible"] for t in front_trials(study))
+
+
+def test_bad_constraint_text(raw_config: dict[str, Any]) -> None:
+    raw_config["study"]["constraints"] = ["accuracy > 0.9"]
+    with pytest.raises(ConfigError, match="must look like 'METRIC >= NUMBER'"):
+        parse_config(raw_config)
+
+
+def test_grid_expands_conditional_branches_without_duplicates(raw_config: dict[str, Any]) -> None:
+    raw_config["space"].update({
+        "train.lr": 1e-3, "peft.method": ["none", "lora"], "lora.r": [4, 8],
+        "lora.alpha": 8, "lora.dropout": 0.0, "lora.targets": "qv",
+    })
+    cfg = _cfg(raw_config, sampler="grid", n_trials=100)  # train.epochs: [1, 2]
+    study = run_study(cfg, trial_fn=fake_trial, log=_quiet)
+    seen = sorted(tuple(sorted(t.params.items())) for t in study.trials)
+    assert len(study.trials) == 6 == len(set(seen))  # (none + lora x 2 ranks) x 2 epochs
+    resumed = run_study(cfg, trial_fn=fake_trial, log=_quiet)
+    assert len(resumed.trials) == 6
+
+
+def test_grid_needs_finite_knobs(raw_config: dict[str, Any]) -> None:
+    raw_config["study"]["sampler"] = "grid"
+    with pytest.raises(ConfigError, match="train.lr is a continuous range"):
+        parse_config(raw_config)

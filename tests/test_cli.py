@@ -1,0 +1,136 @@
+"""The CLI: user errors are one line on stderr with exit code 2 and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paretune.cli import main
+
+
+def _write(tmp_path: Path, raw: dict[str, Any]) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+BAD_INPUTS = [
+    # (what, edit of the raw config, words the one-line message must contain)
+    ("unknown knob", lambda r: r["space"].update({"lora.rank": 8}),
+     ["unknown knob 'lora.rank'", "lora.r"]),
+    ("low > high", lambda r: r["space"].update({"train.lr": {"low": 0.1, "high": 0.01}}),
+     ["space.train.lr", "`low <= high`", "low=0.1", "high=0.01"]),
+    ("log with low <= 0", lambda r: r["space"].update(
+        {"train.weight_decay": {"low": 0.0, "high": 0.1, "log": True}}),
+     ["space.train.weight_decay", "log: true", "low=0.0"]),
+    ("unknown sampler", lambda r: r["study"].update({"sampler": "bayes"}),
+     ["study.sampler", "tpe", "'bayes'"]),
+    ("unknown objective", lambda r: r["study"].update({"objectives": {"acc": "maximize"}}),
+     ["unknown objective", "'acc'", "accuracy"]),
+    ("missing text column", lambda r: r["task"].update({"text_column": "body"}),
+     ["task.text_column", "'body'", "'label'", "'text'"]),
+    ("missing label column", lambda r: r["task"].update({"label_column": "topic"}),
+     ["task.label_column", "'topic'"]),
+    ("model path missing", lambda r: r["model"].update({"name": "/nonexistent/model"}),
+     ["model.name", "/nonexistent/model", "does not exist"]),
+    ("value outside a family rule", lambda r: r["space"].update({"lora.dropout": 1.5}),
+     ["space.lora.dropout", "lora.dropout < 1", "1.5"]),
+]
+
+
+@pytest.mark.parametrize("what,edit,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_config_is_one_line_exit_2_nothing_written(
+    what: str, edit: Any, words: list[str], raw_config: dict[str, Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    edit(raw_config)
+    db = Path(raw_config["study"]["storage"].removeprefix("sqlite:///"))
+    assert main(["run", _write(tmp_path, raw_config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("paretune: error: ")
+    for word in words:
+        assert word in err
+    assert not db.exists()
+
+
+def test_malformed_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("study:\n  name: x\n  n_trials: [1, 2\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "malformed YAML at line" in err and str(path) in err
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_bad_override_names_the_override(
+    raw_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", _write(tmp_path, raw_config), "study.n_trials"]) == 2
+    assert "override 'study.n_trials' must look like key=value" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from paretune.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code += "assert 'torch' not in sys.modules and 'optuna' not in sys.modules, 'heavy import'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "run" in out.stdout and "export" in out.stdout
+
+
+def test_run_front_export_replay(
+    raw_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole user path: search, read the front, export the knee, replay it."""
+    import optuna
+
+    from paretune.search import front_trials, load_study
+
+    raw_config["study"]["n_trials"] = 3
+    raw_config["space"]["peft.method"] = ["none", "lora"]
+    assert main(["run", _write(tmp_path, raw_config)]) == 0
+    storage = raw_config["study"]["storage"]
+    capsys.readouterr()
+
+    assert main(["front", "--study", "t", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    study = load_study("t", storage)
+    front = front_trials(study)
+    rows = [line.split()[0] for line in out.splitlines()[3:] if line.strip()]
+    assert rows == [str(t.number) for t in front]
+
+    recipe = tmp_path / "recipe.yaml"
+    assert main(["export", "--study", "t", "--storage", storage, "--pick", "best:accuracy",
+                 "-o", str(recipe)]) == 0
+    data = yaml.safe_load(recipe.read_text())
+    best = max(
+        (t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+        key=lambda t: t.user_attrs["accuracy"],
+    )
+    assert data["trial"] == best.number
+    assert data["metrics"]["accuracy"] == best.user_attrs["accuracy"]
+    assert {"torch", "transformers", "optuna"} <= set(data["versions"])
+    assert data["params"]["train.epochs"] == 1  # fixed knobs are part of the recipe
+
+    capsys.readouterr()
+    assert main(["run", str(recipe)]) == 0
+    replay = {
+        line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
+        for line in capsys.readouterr().out.splitlines()[2:]
+    }
+    recorded, replayed = replay["accuracy"]
+    assert abs(recorded - replayed) <= 0.01
+    assert replay["size_mb"][0] == pytest.approx(replay["size_mb"][1], abs=1e-3)
+
+
+def test_export_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="other", storage=storage)
+    assert main(["front", "--study", "nope", "--storage", storage]) == 2
+    assert "--study 'nope' is not in storage" in capsys.readouterr().err
