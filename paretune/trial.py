@@ -105,16 +105,21 @@ def build(spec: TrialSpec) -> tuple[Any, Any]:
     cache_dir = ctx_in.get("cache_dir")
 
     dataset = data_mod.load_task_data(task, seed)
-    model, tokenizer = models.load_base(model_spec["name"], len(dataset.label_names), seed)
+    causal_lm = task["type"] == "causal_lm"
+    model, tokenizer = models.load_base(
+        model_spec["name"], len(dataset.label_names), seed, causal_lm=causal_lm
+    )
     seed_everything(seed)
     max_length = int(model_spec.get("max_length", 128))
-    train = data_mod.tokenize(
-        tokenizer, dataset.train_texts, dataset.train_labels, max_length,
-        dataset.fingerprint + ":train", cache_dir,
-    )
-    eval_ = data_mod.tokenize(
-        tokenizer, dataset.eval_texts, dataset.eval_labels, max_length,
-        dataset.fingerprint + ":eval", cache_dir,
+    train, eval_ = (
+        data_mod.tokenize(
+            tokenizer, texts, labels, max_length, f"{dataset.fingerprint}:{name}", cache_dir,
+            prompts=prompts, causal_lm=causal_lm,
+        )
+        for name, texts, labels, prompts in (
+            ("train", dataset.train_texts, dataset.train_labels, dataset.train_prompts),
+            ("eval", dataset.eval_texts, dataset.eval_labels, dataset.eval_prompts),
+        )
     )
     model.to(device)
     ctx = spaces.TrialContext(

@@ -47,6 +47,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert", texts)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from paretune.models import make_tiny_llama
+
+    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", texts)
+
+
 @pytest.fixture
 def raw_config(tmp_path: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
     """A small, valid study config (as parsed YAML) on the tiny model and task."""

@@ -19,7 +19,11 @@ from paretune.errors import ConfigError
 __all__ = ["Config", "SAMPLERS", "load_config", "parse_config", "read_yaml"]
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
-TASK_TYPES = ("classification",)
+TASK_TYPES = ("classification", "causal_lm")
+DEFAULT_OBJECTIVES = {
+    "classification": {"accuracy": "maximize", "size_mb": "minimize"},
+    "causal_lm": {"perplexity": "minimize", "size_mb": "minimize"},
+}
 LAUNCHERS = ("local",)
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=)\s*(-?[0-9.eE+-]+)\s*$")
 
@@ -31,9 +35,7 @@ class StudySection:
     sampler: str = "tpe"
     n_trials: int = 20
     seed: int = 0
-    objectives: dict[str, str] = field(
-        default_factory=lambda: {"accuracy": "maximize", "size_mb": "minimize"}
-    )
+    objectives: Any = None  # default: DEFAULT_OBJECTIVES of the task type
     constraints: list[str] = field(default_factory=list)
     cache_dir: str = "~/.cache/paretune"
 
@@ -50,6 +52,7 @@ class TaskSection:
     dataset: str = "bbc"
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: str | None = None
     eval_split: float | str = 0.2
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
@@ -213,13 +216,13 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
         raise ConfigError(
             f"study.sampler must be one of {', '.join(SAMPLERS)}, but got {study.sampler!r}."
         )
-    study = dataclasses.replace(study, objectives=_objectives(study.objectives, task.type))
-    _constraints(study.constraints, task.type)
-
     if task.type not in TASK_TYPES:
         raise ConfigError(
             f"task.type must be one of {', '.join(TASK_TYPES)}, but got {task.type!r}."
         )
+    objectives = DEFAULT_OBJECTIVES[task.type] if study.objectives is None else study.objectives
+    study = dataclasses.replace(study, objectives=_objectives(objectives, task.type))
+    _constraints(study.constraints, task.type)
     split = task.eval_split
     if isinstance(split, float) and not 0.0 < split < 1.0:
         raise ConfigError(f"`0 < task.eval_split < 1` must hold for a fraction, but got {split}.")
@@ -347,11 +350,11 @@ def _check_values(name: str, knob: Any) -> None:
 def _check_columns(task: TaskSection) -> None:
     from paretune import data
 
-    columns = data.read_columns(dataclasses.asdict(task))
+    raw = dataclasses.asdict(task)
+    columns = data.read_columns(raw)
     if columns is None:
         return
-    for key in ("text_column", "label_column"):
-        col = getattr(task, key)
+    for key, col in data.task_columns(raw).items():
         if col not in columns:
             raise ConfigError(
                 f"task.{key} {col!r} is not a column of {task.dataset!r}; "

@@ -52,11 +52,18 @@ def target_modules(model_type: str, targets: str) -> Any:
     return names[0] if targets == "qv" else names[1]
 
 
+def peft_task_type(ctx: TrialContext) -> Any:
+    """peft's task type: it keeps a classifier head trainable, or wraps a causal LM."""
+    import peft
+
+    return peft.TaskType.CAUSAL_LM if ctx.task["type"] == "causal_lm" else peft.TaskType.SEQ_CLS
+
+
 def apply(model: Any, cfg: LoraConfig, ctx: TrialContext) -> Any:
     import peft
 
     config = peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS,
+        task_type=peft_task_type(ctx),
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
