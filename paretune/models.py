@@ -208,9 +208,9 @@ def _word_tokenizer(out: Path, texts: Iterable[str]) -> Any:
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
     (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    return BertTokenizerFast(
-        vocab_file=str(out / "vocab.txt"), do_lower_case=True, eos_token="[SEP]"
-    )
+    # positional: the vocab path is `vocab_file` in transformers 4 and `vocab` in 5, which
+    # ignores an unknown vocab_file= and would leave a 5-token vocabulary (all [UNK])
+    return BertTokenizerFast(str(out / "vocab.txt"), do_lower_case=True, eos_token="[SEP]")
 
 
 def make_tiny_llama(

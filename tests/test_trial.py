@@ -67,3 +67,12 @@ def test_same_seed_same_metrics(raw_config: dict[str, Any]) -> None:
     b = run_trial(_spec(raw_config))
     assert a.metrics["accuracy"] == b.metrics["accuracy"]
     assert a.metrics["size_mb"] == b.metrics["size_mb"]
+
+
+def test_tiny_model_tokenizer_knows_the_words(tiny_model: str) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert len(tok) > 50
+    ids = tok("goal match team")["input_ids"]
+    assert tok.unk_token_id not in ids
