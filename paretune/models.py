@@ -121,7 +121,9 @@ def make_tiny_model(
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
     (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    # positional: the vocab path is `vocab_file` in transformers 4 and `vocab` in 5, which
+    # ignores an unknown vocab_file= and would leave a 5-token vocabulary (all [UNK])
+    tokenizer = BertTokenizerFast(str(out / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
