@@ -36,8 +36,8 @@ def small_raw(tmp: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
         "model": {"name": tiny_model, "max_length": 32},
         "task": {"dataset": tiny_csv, "eval_split": 0.25},
         "space": {
-            "train.lr": {"low": 1e-3, "high": 8e-3, "log": True},
-            "train.epochs": 1,
+            "train.lr": {"low": 5e-3, "high": 2e-2, "log": True},
+            "train.epochs": 3,
             "train.batch_size": 16,
             "train.weight_decay": 0.0,
             "peft.method": ["none", "lora"],
