@@ -125,7 +125,8 @@ def hypervolume_line(study: Any, front: Sequence[Sequence[float]]) -> str:
         else "derived: worst observed value + 10% of the observed range"
     )
     point = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, ref))
-    return f"hypervolume: {hypervolume(front, directions, ref):.6g} (reference point {point}; {where})"
+    value = hypervolume(front, directions, ref)
+    return f"hypervolume: {value:.6g} (reference point {point}; {where})"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -224,7 +225,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     path = Path(args.recipe)
     if not path.is_file():
-        raise ConfigError(f"recipe {args.recipe!r} does not exist; write one with paretune export.")
+        raise ConfigError(
+            f"recipe {args.recipe!r} does not exist; write one with paretune export."
+        )
     try:
         recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError:

@@ -139,6 +139,7 @@ class FrontTracker:
         ref = self.configured or derive_reference_point(points, self.directions)
         numbers = [t.number for t in trials]
         old = self.history
+        history: dict[str, Any]
         if ref is None:
             self.front, history = [], {"reference_point": None, "trials": [], "values": []}
         elif old.get("reference_point") == ref and old["trials"] == numbers[: len(old["trials"])]:

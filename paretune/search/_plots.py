@@ -69,6 +69,12 @@ def _direction(study: optuna.Study, name: str) -> str:
         return "minimize"
 
 
+def _signed(
+    get: Callable[[optuna.trial.FrozenTrial], float], sign: float
+) -> Callable[[optuna.trial.FrozenTrial], float]:
+    return lambda t: sign * get(t)
+
+
 def _constraints(t: optuna.trial.FrozenTrial) -> list[float]:
     return [float(c) for c in t.user_attrs.get("constraints", [])]
 
@@ -143,12 +149,11 @@ def _importance(study: optuna.Study, targets: Sequence[str]) -> go.Figure:
     figs = []
     for name in list(targets) or _objectives(study):
         # PED-ANOVA rates knobs by how they reach LOW target values: flip what is maximized
-        get, sign = _getter(study, name), (-1.0 if _direction(study, name) == "maximize" else 1.0)
+        sign = -1.0 if _direction(study, name) == "maximize" else 1.0
+        target = _signed(_getter(study, name), sign)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            figs.append(plot_param_importances(
-                study, target=lambda t, get=get, sign=sign: sign * get(t), target_name=name
-            ))
+            figs.append(plot_param_importances(study, target=target, target_name=name))
     for other in figs[1:]:
         figs[0].add_traces(list(other.data))
     figs[0].update_layout(title=f"Knob importance per objective in {study.study_name}")
