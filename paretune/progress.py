@@ -10,6 +10,7 @@ each finished trial.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -119,7 +120,9 @@ class Progress:
 
     def _draw(self) -> None:
         if self.live:
-            self.stream.write(CLEAR + self.status())
+            # a wrapped line could not be erased by CLEAR: cut it to the terminal's width
+            width = shutil.get_terminal_size((100, 24)).columns - 1
+            self.stream.write(CLEAR + self.status()[:width])
             self.stream.flush()
 
     def _tick(self) -> None:

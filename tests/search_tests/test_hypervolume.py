@@ -114,6 +114,7 @@ def _study(directions: list[str], values: list[tuple[float, ...]]) -> Any:
     return study
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_recorded_history_matches_optuna_plot_hypervolume_history() -> None:
     from optuna.visualization import plot_hypervolume_history
 
