@@ -13,6 +13,8 @@ from typing import Any
 from paretune.errors import ConfigError, ParetuneError
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+DEFAULT_STORAGE = "sqlite:///paretune.db"
+PLOT_KINDS = ("pareto", "hypervolume", "importance", "history")  # = search._plots.KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,13 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study config, or replay an exported recipe")
     run.add_argument("config", help="study config (YAML) or recipe exported by `paretune export`")
     run.add_argument("overrides", nargs="*", help="key=value, e.g. study.n_trials=4")
+    quiet_help = "no live status line, per-trial lines or training progress on stderr"
+    run.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
 
     demo = sub.add_parser("demo", help="small real search: MiniLM on BBC News, offline, on CPU")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
+    demo.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
 
-    def storage_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--study", required=True, help="study name")
-        q.add_argument("--storage", default="sqlite:///paretune.db", help="Optuna storage URL")
+    def storage_args(q: argparse.ArgumentParser, study: bool = True) -> None:
+        if study:
+            q.add_argument("--study", required=True, help="study name")
+        q.add_argument("--storage", default=DEFAULT_STORAGE,
+                       help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
     front = sub.add_parser("front", help="print the Pareto-optimal trials of a study")
     storage_args(front)
@@ -42,7 +49,33 @@ def _parser() -> argparse.ArgumentParser:
     which = export.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="trial number")
     which.add_argument("--pick", help="knee (default) or best:METRIC")
-    export.add_argument("-o", "--output", required=True, help="recipe file to write")
+    which.add_argument("--front", action="store_true",
+                       help="one recipe per Pareto-optimal trial, into the directory -o")
+    export.add_argument("-o", "--output", required=True,
+                        help="recipe file to write (a directory with --front)")
+
+    plot = sub.add_parser("plot", help="plot a study to .png or .html (optuna.visualization)")
+    storage_args(plot)
+    plot.add_argument("--kind", required=True, choices=PLOT_KINDS,
+                      help="pareto: 2-D/3-D front; hypervolume: its recorded history; "
+                      "importance: knob importance per objective; history: values per trial")
+    plot.add_argument("--target", action="append", default=[], metavar="METRIC",
+                      help="plot this metric instead of the objectives (repeat for several)")
+    plot.add_argument("-o", "--output", required=True, help="file to write: .png or .html")
+
+    mat = sub.add_parser("materialize", help="rebuild a recipe's model into a directory that "
+                         "loads with transformers, with its tokenizer and a model card")
+    mat.add_argument("recipe", help="recipe written by paretune export")
+    mat.add_argument("-o", "--output", required=True, help="new or empty directory")
+    mat.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
+    mat.add_argument("--cache-dir", help="paretune cache (default ~/.cache/paretune)")
+    mat.add_argument("-q", "--quiet", action="store_true", help="no training progress")
+
+    dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    storage_args(dash, study=False)
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     return p
 
 
@@ -76,6 +109,24 @@ def print_front(study: Any) -> None:
     print(f"Pareto front of study {study.study_name!r}: {len(front)} of "
           f"{len(study.trials)} trials (objectives: {', '.join(chosen)})")
     print(_table(rows, ["trial", *names, "params"]))
+    print(hypervolume_line(study, [t.values for t in front]))
+
+
+def hypervolume_line(study: Any, front: Sequence[Sequence[float]]) -> str:
+    from paretune.search._hypervolume import REFERENCE_KEY, hypervolume, reference_point
+
+    ref = reference_point(study)
+    if ref is None or len(study.directions) < 2:
+        return "hypervolume: - (needs 2 or more objectives and a completed feasible trial)"
+    directions = [d.name.lower() for d in study.directions]
+    names = study.metric_names or list(study.user_attrs.get("paretune.objectives", {}))
+    where = (
+        "study.reference_point" if study.user_attrs.get(REFERENCE_KEY) is not None
+        else "derived: worst observed value + 10% of the observed range"
+    )
+    point = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, ref))
+    value = hypervolume(front, directions, ref)
+    return f"hypervolume: {value:.6g} (reference point {point}; {where})"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -96,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ))
         return 0
     cfg = load_config(raw, args.overrides)
-    study = run_study(cfg)
+    study = run_study(cfg, quiet=args.quiet)
     print_front(study)
     print(f"study {cfg.study.name!r} is stored in {cfg.study.storage}")
     return 0
@@ -106,10 +157,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from paretune.search import load_config, run_study
 
     cfg = load_config(str(DEMO_CONFIG), args.overrides)
-    print(f"paretune demo: {cfg.study.n_trials} trials of all-MiniLM-L6-v2 on BBC News "
-          f"({cfg.task.max_train_rows} train / {cfg.task.max_eval_rows} eval articles), on "
-          f"{cfg.launcher.device}", file=sys.stderr)
-    study = run_study(cfg)
+    if not args.quiet:
+        print(f"paretune demo: {cfg.study.n_trials} trials of all-MiniLM-L6-v2 on BBC News "
+              f"({cfg.task.max_train_rows} train / {cfg.task.max_eval_rows} eval articles), on "
+              f"{cfg.launcher.device}", file=sys.stderr)
+    study = run_study(cfg, quiet=args.quiet)
     print_front(study)
     print(f"study {cfg.study.name!r} is stored in {cfg.study.storage}; next: "
           f"paretune front --study {cfg.study.name} --storage {cfg.study.storage}")
@@ -129,6 +181,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     from paretune.search import load_study, make_recipe, pick_trial
 
     study = load_study(args.study, args.storage)
+    if args.front:
+        from paretune.search import front_trials
+
+        front = front_trials(study)
+        if not front:
+            raise ConfigError(f"study {args.study!r} has no completed feasible trial to export.")
+        out = Path(args.output)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"-o {args.output!r} is a file; --front writes a directory.")
+        out.mkdir(parents=True, exist_ok=True)
+        for t in front:
+            path = out / f"trial-{t.number}.yaml"
+            path.write_text(yaml.safe_dump(make_recipe(study, t), sort_keys=False))
+            print(path)
+        print(f"wrote {len(front)} recipes, one per Pareto-optimal trial, to {out}",
+              file=sys.stderr)
+        return 0
     trial = pick_trial(study, trial=args.trial, pick=args.pick)
     recipe = make_recipe(study, trial)
     Path(args.output).write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -136,7 +205,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "front": cmd_front, "export": cmd_export}
+def cmd_plot(args: argparse.Namespace) -> int:
+    from paretune.search import load_study
+    from paretune.search._plots import make_figure, write_figure
+
+    study = load_study(args.study, args.storage)
+    write_figure(make_figure(study, args.kind, args.target), args.output)
+    print(f"wrote the {args.kind} plot of study {args.study!r} to {args.output}")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    import yaml
+
+    from paretune.search._materialize import materialize
+
+    path = Path(args.recipe)
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe {args.recipe!r} does not exist; write one with paretune export."
+        )
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(f"recipe {args.recipe!r} is not valid YAML.") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipe {args.recipe!r} must be a mapping written by paretune export.")
+    done = materialize(recipe, args.output, device=args.device, cache_dir=args.cache_dir,
+                       progress=not args.quiet)
+    print(_table(
+        [[k, f"{done.recorded[k]:.4g}" if k in done.recorded else "-", f"{v:.4g}"]
+         for k, v in done.measured.items()],
+        ["metric", "recorded", "re-measured"],
+    ))
+    print(f"materialized trial {recipe.get('trial')} of study {recipe.get('study')!r} into "
+          f"{done.directory} (model card: {done.directory / 'README.md'})")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from paretune.search._dashboard import serve
+
+    serve(args.storage, args.host, args.port)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "demo": cmd_demo, "front": cmd_front, "export": cmd_export,
+    "plot": cmd_plot, "materialize": cmd_materialize, "dashboard": cmd_dashboard,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,6 +97,7 @@ def build(spec: TrialSpec) -> tuple[Any, Any]:
     """The trial's model after every stage (ARCH ... COMPRESS), and its context."""
     from paretune import data as data_mod
     from paretune import models, spaces
+    from paretune.progress import trial_logger
 
     ctx_in = spec.context
     seed = int(ctx_in["seed"])
@@ -126,6 +127,7 @@ def build(spec: TrialSpec) -> tuple[Any, Any]:
         params=dict(spec.params), device=device, seed=seed, tokenizer=tokenizer,
         train_data=train, eval_data=eval_, task=task, model_spec=model_spec,
         cache_dir=cache_dir or tempfile.gettempdir(), data_fingerprint=dataset.fingerprint,
+        log=trial_logger(spec.number, bool(ctx_in.get("progress", False))),
     )
     active = [f for f in spaces.families() if f.is_active(spec.params)]
     for stage in spaces.Stage:

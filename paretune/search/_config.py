@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class StudySection:
     objectives: Any = None  # default: DEFAULT_OBJECTIVES of the task type
     constraints: list[str] = field(default_factory=list)
     cache_dir: str = "~/.cache/paretune"
+    # hypervolume reference point, objective -> value; None derives it from the trials
+    reference_point: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ class Config:
             "device": self.launcher.device,
             "cache_dir": str(Path(self.study.cache_dir).expanduser()),
         }
+
+    def reference_point(self) -> list[float] | None:
+        """``study.reference_point`` in objective order, or None (derived from the trials)."""
+        ref = self.study.reference_point
+        return None if ref is None else [float(ref[name]) for name in self.study.objectives]
 
     def constraint_bounds(self) -> list[tuple[str, str, float]]:
         """``[(metric, op, bound)]``; Optuna's convention: value <= 0 is feasible."""
@@ -223,6 +231,9 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     objectives = DEFAULT_OBJECTIVES[task.type] if study.objectives is None else study.objectives
     study = dataclasses.replace(study, objectives=_objectives(objectives, task.type))
     _constraints(study.constraints, task.type)
+    study = dataclasses.replace(
+        study, reference_point=_reference_point(study.reference_point, study.objectives)
+    )
     split = task.eval_split
     if isinstance(split, float) and not 0.0 < split < 1.0:
         raise ConfigError(f"`0 < task.eval_split < 1` must hold for a fraction, but got {split}.")
@@ -272,6 +283,44 @@ def _objectives(value: Any, task_type: str) -> dict[str, str]:
                 f"study.objectives.{name} must be maximize or minimize, but got {direction!r}."
             )
         out[name] = direction
+    return out
+
+
+def _reference_point(value: Any, objectives: Mapping[str, str]) -> dict[str, float] | None:
+    """``{objective: value}`` for every objective, or a list in objective order."""
+    if value is None:
+        return None
+    names = list(objectives)
+    example = "{" + ", ".join(f"{n}: ..." for n in names) + "}"
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ConfigError(
+                f"study.reference_point needs one value per objective ({', '.join(names)}), "
+                f"but got {len(value)} values {list(value)}; or write it as {example}."
+            )
+        value = dict(zip(names, value))
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"study.reference_point must map each objective to a number, like {example}, "
+            f"but got {value!r}."
+        )
+    for key in value:
+        if key not in objectives:
+            raise _unknown("objective in study.reference_point:", str(key), names)
+    missing = [n for n in names if n not in value]
+    if missing:
+        raise ConfigError(
+            f"study.reference_point needs a value for every objective, but {', '.join(missing)} "
+            f"has none; write it as {example}."
+        )
+    out = {}
+    for name in names:
+        v = value[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(
+                f"study.reference_point.{name} must be a finite number, but got {v!r}."
+            )
+        out[name] = float(v)
     return out
 
 

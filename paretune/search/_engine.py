@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from paretune.errors import ConfigError
 from paretune.search._config import Config
+from paretune.search._hypervolume import FrontTracker
 from paretune.search._space import grid_points
 from paretune.search._space import suggest
 from paretune.trial import TrialResult, TrialSpec, run_trial
@@ -153,29 +153,36 @@ def run_study(
     *,
     launcher: BaseLauncher | None = None,
     trial_fn: Callable[[TrialSpec], TrialResult] = run_trial,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    log: Callable[[str], None] | None = None,
+    quiet: bool = False,
 ) -> optuna.Study:
     """Run ``cfg.study.n_trials`` minus the trials already completed; return the study.
 
-    Asynchronous: a new trial is asked for as soon as any running one finishes.
+    Asynchronous: a new trial is asked for as soon as any running one finishes. Progress
+    (a live status line, per-trial lines, training progress) goes to stderr unless ``quiet``;
+    ``log`` replaces the per-trial lines. The hypervolume history is recorded on the study.
     """
     import optuna
 
     from paretune.launchers import make_launcher
+    from paretune.progress import Progress
 
     study = open_study(cfg)
+    front = FrontTracker(study, cfg.reference_point())
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     budget = cfg.study.n_trials - done
     grid: list[dict[str, Any]] = []
     if cfg.study.sampler == "grid":
         grid = _grid_todo(study, cfg)
         budget = min(budget, len(grid))
+    progress = Progress(max(0, budget), quiet=quiet)
+    log = log or progress.log
     if budget <= 0:
         log(f"study {cfg.study.name!r} already has {done} completed trials; nothing to run.")
         return study
     log(f"study {cfg.study.name!r}: running {budget} trials ({done} completed before)")
     launcher = launcher or make_launcher(cfg.launcher.type)
-    context = cfg.context()
+    context = {**cfg.context(), "progress": not quiet}  # training progress inside trials
     pending: dict[int, tuple[optuna.Trial, dict[str, Any]]] = {}
     asked = 0
     try:
@@ -189,10 +196,13 @@ def run_study(
                 trial.set_user_attr("params", params)
                 pending[trial.number] = (trial, params)
                 launcher.submit(trial_fn, TrialSpec(trial.number, params, context))
+                progress.started()
             for result in launcher.wait():
                 trial, params = pending.pop(result.number)
-                tell_result(study, trial, result, cfg)
+                state = tell_result(study, trial, result, cfg)
+                front.update()
                 log(_fmt(result, params))
+                progress.finished(state, front.size, front.hypervolume)
     except KeyboardInterrupt:
         for result in launcher.cancel():
             if result.number in pending:
@@ -202,5 +212,6 @@ def run_study(
             tell_result(study, trial, TrialResult(trial.number, "fail", error=reason), cfg)
         raise
     finally:
+        progress.close()
         launcher.close()
     return study

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECIPE_KEY", "front_trials", "is_recipe", "load_study", "make_recipe", "pick_trial",
-    "replay_recipe",
+    "recipe_spec", "replay_recipe",
 ]
 
 RECIPE_KEY = "paretune_recipe"
@@ -128,10 +128,14 @@ def is_recipe(raw: Mapping[str, Any]) -> bool:
     return isinstance(raw, Mapping) and RECIPE_KEY in raw
 
 
-def replay_recipe(
-    recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None
-) -> TrialResult:
-    """Run the recipe's trial again, as a single trial in this process."""
+def recipe_spec(
+    recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None,
+    progress: bool = False,
+) -> TrialSpec:
+    """The recipe's trial as a ``TrialSpec``: same knobs, seed, model, task and measurement."""
+    if not is_recipe(recipe):
+        raise ConfigError(f"this is not a recipe (no {RECIPE_KEY!r} key); write one with "
+                          "paretune export.")
     missing = [k for k in ("model", "task", "params", "seed") if k not in recipe]
     if missing:
         raise ConfigError(f"recipe is missing {', '.join(missing)}; export it with paretune export.")
@@ -139,5 +143,13 @@ def replay_recipe(
         "model": recipe["model"], "task": recipe["task"], "measure": recipe.get("measure", {}),
         "seed": recipe["seed"], "device": device,
         "cache_dir": cache_dir or str(Path("~/.cache/paretune").expanduser()),
+        "progress": progress,
     }
-    return run_trial(TrialSpec(int(recipe.get("trial", 0)), dict(recipe["params"]), context))
+    return TrialSpec(int(recipe.get("trial", 0)), dict(recipe["params"]), context)
+
+
+def replay_recipe(
+    recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None
+) -> TrialResult:
+    """Run the recipe's trial again, as a single trial in this process."""
+    return run_trial(recipe_spec(recipe, device, cache_dir))

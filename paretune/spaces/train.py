@@ -40,6 +40,8 @@ class TrainConfig(FamilyConfig):
             )
 
 
+PROGRESS_EVERY_S = 20.0  # a long epoch reports its step this often (ctx.log, see progress.py)
+
 def batches(data: Any, batch_size: int, order: Any, device: str) -> Any:
     """Yield (inputs, labels) from a right-padded tokenized split, trimmed to the longest row
     of each batch. Labels are class ids [B], or token ids [B, T] (-100 = no loss) for LMs."""
@@ -80,8 +82,10 @@ def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
     gen = torch.Generator().manual_seed(ctx.seed)
     model.train()
     start, step, loss_sum = time.perf_counter(), 0, 0.0
+    shown = start
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(data), generator=gen)
+        epoch_start, epoch_loss = step, 0.0
         for batch, labels in batches(data, cfg.batch_size, order, ctx.device):
             out = model(**batch)
             loss = task_loss(out.logits, labels)
@@ -97,7 +101,18 @@ def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            loss_sum += loss.item()
+            value = loss.item()
+            loss_sum += value
+            epoch_loss += value
+            if time.perf_counter() - shown >= PROGRESS_EVERY_S:
+                shown = time.perf_counter()
+                ctx.log(
+                    f"epoch {epoch + 1}/{cfg.epochs} step {step - epoch_start}/{steps_per_epoch}"
+                    f" loss {epoch_loss / (step - epoch_start):.4g} ({shown - start:.0f}s)"
+                )
+        shown = time.perf_counter()
+        mean = epoch_loss / max(1, step - epoch_start)
+        ctx.log(f"epoch {epoch + 1}/{cfg.epochs} done: loss {mean:.4g} ({shown - start:.1f}s)")
     model.eval()
     ctx.stats["train_time_s"] = time.perf_counter() - start
     ctx.stats["train_loss"] = loss_sum / max(1, step)
