@@ -10,7 +10,9 @@ from typing import Any
 
 from paretune.errors import ConfigError
 
-__all__ = ["ALIASES", "check_model_name", "load_base", "make_tiny_model", "resolve"]
+__all__ = [
+    "ALIASES", "check_model_name", "load_base", "make_tiny_llama", "make_tiny_model", "resolve",
+]
 
 # alias -> (PyPI distribution, path inside it, install hint)
 ALIASES: dict[str, tuple[str, str, str]] = {
@@ -112,16 +114,10 @@ def make_tiny_model(
     For tests and benchmarks: loads like any saved model, with nothing downloaded.
     """
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
-    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tokenizer = _word_tokenizer(out, texts)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -132,5 +128,58 @@ def make_tiny_model(
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def _word_tokenizer(out: Path, texts: Iterable[str]) -> Any:
+    """A word-level WordPiece tokenizer (letters as fallback pieces) written to ``out``."""
+    from transformers import BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = specials + letters + [f"##{c}" for c in letters] + words[:2000]
+    # transformers 5 ignores ``vocab_file`` here (every word became [UNK]): pass the mapping
+    return BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(dict.fromkeys(vocab))}, do_lower_case=True
+    )
+
+
+def make_tiny_llama(
+    path: str | os.PathLike[str],
+    texts: Iterable[str] = (),
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 64,
+    seed: int = 0,
+) -> str:
+    """Write a random-init Llama (grouped-query attention when ``num_kv_heads < num_heads``)
+    for sequence classification, with the word-level tokenizer of ``make_tiny_model``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    out = Path(path)
+    tokenizer = _word_tokenizer(out, texts)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

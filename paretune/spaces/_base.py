@@ -189,6 +189,7 @@ class TrialContext:
     data_fingerprint: str = ""
     stats: dict[str, float] = field(default_factory=dict)
     loss_terms: list[Callable[..., Any]] = field(default_factory=list)
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
     artifact_writer: Callable[[Any, str], None] | None = None
     log: Callable[[str], None] = print
 
