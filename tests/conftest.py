@@ -69,3 +69,20 @@ def raw_config(tmp_path: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]
         },
         "measure": {"latency_repeats": 2, "latency_warmup": 1},
     }
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random-init BERT and Llama (grouped-query attention: 4 heads, 2 key/value heads),
+    wide enough that an artifact's bytes are dominated by weight matrices, as in real models."""
+    from paretune.models import make_tiny_llama, make_tiny_model
+
+    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
+    root = tmp_path_factory.mktemp("family-models")
+    return {
+        "bert": make_tiny_model(root / "bert", texts, hidden_size=128, intermediate_size=256),
+        "llama": make_tiny_llama(
+            root / "llama", texts, hidden_size=128, num_heads=4, num_kv_heads=2,
+            intermediate_size=256,
+        ),
+    }

@@ -49,6 +49,8 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
         full = copy.deepcopy(config)  # build BERT's modules at full width, then shrink them
         full.num_attention_heads = config.hidden_size // config.head_dim
         super().__init__(full)
+        # the attention kernel (sdpa / eager) was resolved on ``full`` during __init__
+        config._attn_implementation_internal = full._attn_implementation_internal
         self.config = config
         for module in self.modules():
             if hasattr(module, "config") and module.config is full:

@@ -166,7 +166,8 @@ def _to_pruned_bert(base: Any, n_heads: int, head_dim: int) -> None:
     values.pop("model_type", None)
     new = _pruned_bert.PrunedBertConfig(**values)
     new.architectures = ["PrunedBertForSequenceClassification"]
-    new._attn_implementation = old._attn_implementation
+    # the attention kernel chosen at load time (sdpa / eager) is not part of to_dict()
+    new._attn_implementation_internal = getattr(old, "_attn_implementation_internal", None)
     for module in base.modules():
         if getattr(module, "config", None) is old:
             module.config = new
