@@ -225,7 +225,7 @@ def test_quantized_artifact_is_packed_and_runs_as_measured(
 
     _, _, fp32 = shipped(family_models[arch], tmp_path, tiny_csv)
     for bits, scheme, limit in QUANT_CASES:
-        params = {"quant.bits": bits, "quant.scheme": scheme, "quant.group_size": 32}
+        params = {"quant.bits": bits, "quant.scheme": scheme, "quant.group_size": 64}
         model, ctx, out = shipped(family_models[arch], tmp_path, tiny_csv, **params)
         ratio = nbytes(out) / nbytes(fp32)
         assert ratio <= limit, (bits, scheme, ratio)
@@ -305,7 +305,7 @@ def test_kd_loss_on_class_and_token_logits() -> None:
     s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     changed = s.clone()
-    changed[0, 3:] += 10.0  # masked positions do not count
+    changed[0, 3:, 0] += 10.0  # masked positions do not count
     assert torch.allclose(kd_loss(s, t, 3.0, mask), kd_loss(changed, t, 3.0, mask))
     assert not torch.allclose(kd_loss(s, t, 3.0), kd_loss(changed, t, 3.0))
 
@@ -325,9 +325,11 @@ def test_distillation_moves_the_student_to_the_teacher_trained_once(
     monkeypatch.setattr(
         distill, "_train_teacher", lambda ctx, n, path: (trained.append(path), real(ctx, n, path))
     )
-    student = {"arch.n_layers": 1, "peft.method": "lora", **LORA, "train.lr": 1e-3}
+    student = {"train.lr": 3e-3, "train.epochs": 3}
     kd = {"distill.enabled": True, "distill.alpha": 1.0, "distill.temperature": 2.0}
-    plain, ctx, _ = shipped(family_models[arch], tmp_path, tiny_csv, **student)
+    plain, ctx, _ = shipped(family_models[arch], tmp_path, tiny_csv, **student)  # labels only
+    untrained, _, _ = shipped(family_models[arch], tmp_path, tiny_csv,
+                              **{**student, "train.lr": 1e-12})
     taught, _, _ = shipped(family_models[arch], tmp_path, tiny_csv, **student, **kd)
     distill._TEACHERS.clear()  # a new process: the teacher comes from the disk cache
     shipped(family_models[arch], tmp_path, tiny_csv, **student, **kd)
@@ -339,4 +341,6 @@ def test_distillation_moves_the_student_to_the_teacher_trained_once(
         s = F.log_softmax(logits(model, ctx, 40), -1)
         return float(F.kl_div(s, t, reduction="batchmean"))
 
-    assert kl_to_teacher(taught) < 0.5 * kl_to_teacher(plain)
+    # alpha = 1 leaves no label signal: only the teacher can have moved the student to it
+    assert kl_to_teacher(taught) < 0.25 * kl_to_teacher(untrained)
+    assert kl_to_teacher(plain) < kl_to_teacher(untrained)  # the teacher learned the task
