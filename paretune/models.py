@@ -237,11 +237,13 @@ def make_tiny_llama(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.cls_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)

@@ -16,6 +16,12 @@ TOPICS = {
 }
 FILLER = "the a of today new report says this week people city".split()
 
+# Every compression family off: tests search only what they name on top of this.
+BASELINE_SPACE: dict[str, Any] = {
+    "distill.enabled": False, "arch.n_layers": 0, "prune.ratio": 0.0, "quant.bits": 32,
+    "train.warmup_ratio": 0.0, "train.scheduler": "linear",
+}
+
 
 def synthetic_rows(n: int, seed: int) -> list[dict[str, str]]:
     """Short texts whose label is given away by topic words: learnable in one epoch."""
@@ -27,6 +33,11 @@ def synthetic_rows(n: int, seed: int) -> list[dict[str, str]]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
+
+
+@pytest.fixture(scope="session")
+def baseline_space() -> dict[str, Any]:
+    return dict(BASELINE_SPACE)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +81,28 @@ def raw_config(tmp_path: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]
         "model": {"name": tiny_model, "max_length": 32},
         "task": {"dataset": tiny_csv, "eval_split": 0.25},
         "space": {
+            **BASELINE_SPACE,
             "train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
             "train.epochs": 1,
             "train.batch_size": 16,
             "train.weight_decay": 0.0,
         },
         "measure": {"latency_repeats": 2, "latency_warmup": 1},
+    }
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random-init BERT and Llama (grouped-query attention: 4 heads, 2 key/value heads),
+    wide enough that an artifact's bytes are dominated by weight matrices, as in real models."""
+    from paretune.models import make_tiny_llama, make_tiny_model
+
+    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
+    root = tmp_path_factory.mktemp("family-models")
+    return {
+        "bert": make_tiny_model(root / "bert", texts, hidden_size=128, intermediate_size=256),
+        "llama": make_tiny_llama(
+            root / "llama", texts, hidden_size=128, num_heads=4, num_kv_heads=2,
+            intermediate_size=256,
+        ),
     }

@@ -24,8 +24,9 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
         if not family.is_active(params):
             continue
         for knob, default in family.knobs.items():
-            name = f"{family.name}.{knob}"
-            params[name] = space.get(name, default).suggest(trial, name)
+            if family.knob_active(knob, params):
+                name = f"{family.name}.{knob}"
+                params[name] = space.get(name, default).suggest(trial, name)
     return params
 
 
@@ -43,16 +44,21 @@ def grid_points(cfg: Any) -> list[dict[str, Any]]:
     for family in spaces.families():
         for knob, default in family.knobs.items():
             name = f"{family.name}.{knob}"
-            spec = cfg.space.get(name, default)
-            values = spec.grid()
+            active = [
+                family.is_active(params) and family.knob_active(knob, params)
+                for params, _ in points
+            ]
+            if not any(active):
+                continue  # never applies on any branch: its range does not matter
+            values = cfg.space.get(name, default).grid()
             if values is None:
                 raise ConfigError(
                     f"study.sampler 'grid' needs a finite list for every knob, but {name} is a "
                     f"continuous range; give space.{name} a list of values or a step."
                 )
             grown = []
-            for params, searched in points:
-                if not family.is_active(params):
+            for (params, searched), on in zip(points, active):
+                if not on:
                     grown.append((params, searched))
                     continue
                 for v in values:

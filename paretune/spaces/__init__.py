@@ -21,9 +21,17 @@ from paretune.spaces._base import (
     knob_names,
     register_family,
 )
-from paretune.spaces import train  # noqa: E402,F401  (registration order matters)
+# Registration order is the order of hooks within a stage: distill adds its loss term before
+# train's loop runs; at COMPRESS, peft merges, then prune re-applies its masks, then quant packs.
+from paretune.spaces import distill  # noqa: E402,F401
+from paretune.spaces import train  # noqa: E402,F401
 from paretune.spaces import peft  # noqa: E402,F401
 from paretune.spaces import lora  # noqa: E402,F401
+from paretune.spaces import adalora  # noqa: E402,F401
+from paretune.spaces import prompt  # noqa: E402,F401
+from paretune.spaces import arch  # noqa: E402,F401
+from paretune.spaces import prune  # noqa: E402,F401
+from paretune.spaces import quant  # noqa: E402,F401
 
 __all__ = [
     "Choice",

@@ -189,6 +189,7 @@ class TrialContext:
     data_fingerprint: str = ""
     stats: dict[str, float] = field(default_factory=dict)
     loss_terms: list[Callable[..., Any]] = field(default_factory=list)
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
     artifact_writer: Callable[[Any, str], None] | None = None
     log: Callable[[str], None] = print
 
@@ -206,13 +207,34 @@ class Family:
     knobs: Mapping[str, Knob]
     when: Mapping[str, tuple[Any, ...]]
     doc: str
+    knob_when: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
 
     def is_active(self, params: Mapping[str, Any]) -> bool:
         """True when every knob this family depends on has one of the listed values."""
-        return all(params.get(k) in allowed for k, allowed in self.when.items())
+        return _holds(self.when, params)
+
+    def knob_active(self, knob: str, params: Mapping[str, Any]) -> bool:
+        """True when ``knob`` applies given the knobs chosen so far (its own condition, e.g.
+        distill.temperature only when distill.enabled); otherwise its default is used."""
+        return _holds(self.knob_when.get(knob, {}), params)
 
     def config(self, params: Mapping[str, Any]) -> FamilyConfig:
         return self.config_cls.from_params(self.name, params)
+
+
+def _holds(cond: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    return all(
+        k in params and (test(params[k]) if callable(test) else params[k] in test)
+        for k, test in cond.items()
+    )
+
+
+def _as_condition(when: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each condition: a tuple of allowed values, or a predicate on the value."""
+    return {
+        k: v if callable(v) else tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        for k, v in (when or {}).items()
+    }
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -227,6 +249,7 @@ def register_family(
     stage: Stage,
     knobs: Mapping[str, Knob],
     when: Mapping[str, Any] | None = None,
+    knob_when: Mapping[str, Mapping[str, Any]] | None = None,
     compress: ApplyFn | None = None,
 ) -> Family:
     """Add a method family to the joint space.
@@ -239,6 +262,11 @@ def register_family(
         knobs: default search range of each knob.
         when: the family is active only if each named knob (of a family registered
             earlier) takes one of the listed values, e.g. ``{"peft.method": ("lora",)}``.
+        knob_when: per-knob conditions on knobs declared before it (this family's earlier
+            knobs included): allowed values or a predicate, e.g.
+            ``{"temperature": {"distill.enabled": True}}`` or
+            ``{"scheme": {"prune.ratio": lambda r: r > 0}}``; a knob whose condition fails is
+            not suggested and keeps its config default.
         compress: optional second hook, run at ``Stage.COMPRESS`` after training.
     """
     if not _NAME.match(name):
@@ -250,17 +278,27 @@ def register_family(
         if knob not in fields:
             raise ValueError(f"knob {name}.{knob} is not a field of {config_cls.__name__}.")
         spec.check(f"{name}.{knob}")
-    cond = {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in (when or {}).items()}
-    known = knob_names()
+    cond = _as_condition(when)
+    known = set(knob_names())
     for k in cond:
         if k not in known:
             raise ValueError(f"family {name!r} depends on {k!r}, which no earlier family declares.")
+    per_knob = {}
+    for knob, kw in (knob_when or {}).items():
+        if knob not in knobs:
+            raise ValueError(f"knob_when names {name}.{knob}, which is not a knob of {name!r}.")
+        earlier = known | {f"{name}.{k}" for k in list(knobs)[: list(knobs).index(knob)]}
+        for k in kw:
+            if k not in earlier:
+                raise ValueError(f"{name}.{knob} depends on {k!r}, which is not declared before it.")
+        per_knob[knob] = _as_condition(kw)
     hooks: dict[Stage, ApplyFn] = {}
     if apply is not None:
         hooks[stage] = apply
     if compress is not None:
         hooks[Stage.COMPRESS] = compress
-    family = Family(name, config_cls, hooks, dict(knobs), cond, (config_cls.__doc__ or "").strip())
+    doc = (config_cls.__doc__ or "").strip()
+    family = Family(name, config_cls, hooks, dict(knobs), cond, doc, per_knob)
     _REGISTRY[name] = family
     return family
 

@@ -1,4 +1,4 @@
-"""LoRA adapters through peft (stage ADAPT); active when peft.method is lora."""
+"""LoRA and DoRA adapters through peft (stage ADAPT); active when peft.method is lora or dora."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError
+from paretune.spaces import _layout
 from paretune.spaces._base import Choice, FamilyConfig, Float, Int, Stage, TrialContext
 from paretune.spaces._base import register_family
 
 TARGETS = ("qv", "attention", "all-linear")
 
-# Module names of the attention projections, per model type; peft matches name suffixes.
+# Module names of the attention projections, per architecture kind; peft matches suffixes.
 _ATTENTION = {
     "bert": (["query", "value"], r".*attention\.(self\.(query|key|value)|output\.dense)$"),
     "llama": (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
@@ -20,7 +21,7 @@ _ATTENTION = {
 
 @dataclass(frozen=True)
 class LoraConfig(FamilyConfig):
-    """Low-rank adapters. r: rank. alpha: scaling numerator (scale = alpha / r).
+    """Low-rank adapters (DoRA: plus a trained magnitude per output). r: rank. alpha: scaling numerator (scale = alpha / r).
     dropout: dropout on the adapter input. targets: `qv` (query and value projections),
     `attention` (every attention projection) or `all-linear` (every linear layer but the head).
     """
@@ -43,31 +44,26 @@ class LoraConfig(FamilyConfig):
             )
 
 
-def target_modules(model_type: str, targets: str) -> Any:
+def target_modules(model: Any, targets: str) -> Any:
+    """peft's target_modules for ``targets`` on this model (``all-linear`` excludes the head)."""
+    from paretune.spaces import _layout
+
     if targets == "all-linear":
         return "all-linear"
-    names = _ATTENTION.get(model_type)
-    if names is None:
-        return None  # peft's own default for this architecture
+    names = _ATTENTION[_layout.kind(model)]
     return names[0] if targets == "qv" else names[1]
-
-
-def peft_task_type(ctx: TrialContext) -> Any:
-    """peft's task type: it keeps a classifier head trainable, or wraps a causal LM."""
-    import peft
-
-    return peft.TaskType.CAUSAL_LM if ctx.task["type"] == "causal_lm" else peft.TaskType.SEQ_CLS
 
 
 def apply(model: Any, cfg: LoraConfig, ctx: TrialContext) -> Any:
     import peft
 
     config = peft.LoraConfig(
-        task_type=peft_task_type(ctx),
+        task_type=_layout.peft_task_type(ctx),
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=target_modules(model.config.model_type, cfg.targets),
+        target_modules=target_modules(model, cfg.targets),
+        use_dora=ctx.params.get("peft.method") == "dora",
     )
     return peft.get_peft_model(model, config)
 
@@ -77,7 +73,7 @@ register_family(
     LoraConfig,
     apply,
     stage=Stage.ADAPT,
-    when={"peft.method": ("lora",)},
+    when={"peft.method": ("lora", "dora")},
     knobs={
         "r": Choice(4, 8, 16, 32),
         "alpha": Choice(8, 16, 32),

@@ -19,7 +19,9 @@ class SmallStudy:
     path: Path
 
 
-def small_raw(tmp: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
+def small_raw(
+    tmp: Path, tiny_csv: str, tiny_model: str, baseline: dict[str, Any]
+) -> dict[str, Any]:
     """Three objectives (a 3-D front); full fine-tuning against LoRA of several ranks."""
     return {
         "study": {
@@ -36,6 +38,7 @@ def small_raw(tmp: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
         "model": {"name": tiny_model, "max_length": 32},
         "task": {"dataset": tiny_csv, "eval_split": 0.25},
         "space": {
+            **baseline,
             "train.lr": {"low": 5e-3, "high": 2e-2, "log": True},
             "train.epochs": 3,
             "train.batch_size": 16,
@@ -50,13 +53,14 @@ def small_raw(tmp: Path, tiny_csv: str, tiny_model: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def small_study(
-    tmp_path_factory: pytest.TempPathFactory, tiny_csv: str, tiny_model: str
+    tmp_path_factory: pytest.TempPathFactory, tiny_csv: str, tiny_model: str,
+    baseline_space: dict[str, Any],
 ) -> SmallStudy:
     from paretune.search import parse_config, run_study
     from paretune.trial import TrialResult, TrialSpec, run_trial
 
     tmp = tmp_path_factory.mktemp("small-study")
-    raw = small_raw(tmp, tiny_csv, tiny_model)
+    raw = small_raw(tmp, tiny_csv, tiny_model, baseline_space)
 
     def trial_fn(spec: TrialSpec) -> TrialResult:
         if spec.number == FAILED:

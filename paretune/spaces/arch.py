@@ -1,0 +1,86 @@
+"""Layer dropping (stage ARCH): keep k transformer layers of the pretrained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from paretune.errors import ConfigError, TrialFailed
+from paretune.spaces._base import Choice, FamilyConfig, Int, Stage, TrialContext
+from paretune.spaces._base import register_family
+
+SELECTIONS = ("first", "spread", "last")
+
+
+@dataclass(frozen=True)
+class ArchConfig(FamilyConfig):
+    """n_layers: transformer layers kept (0 keeps all). layer_selection: which ones, `first`
+    (the bottom k), `spread` (evenly spaced, first and last included) or `last` (the top k).
+    """
+
+    n_layers: int = 0
+    layer_selection: str = "first"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_layers, int) and self.n_layers >= 0):
+            raise ConfigError(
+                f"`arch.n_layers >= 0` (an integer, 0 keeps all) must hold, but got {self.n_layers}."
+            )
+        if self.layer_selection not in SELECTIONS:
+            raise ConfigError(
+                f"arch.layer_selection must be one of {', '.join(SELECTIONS)}, "
+                f"but got {self.layer_selection!r}."
+            )
+
+
+def select(n_total: int, k: int, how: str) -> list[int]:
+    """Indices of the k layers kept out of n_total."""
+    if how == "first":
+        return list(range(k))
+    if how == "last":
+        return list(range(n_total - k, n_total))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n_total - 1) / (k - 1)) for i in range(k)})
+
+
+def apply(model: Any, cfg: ArchConfig, ctx: TrialContext) -> Any:
+    import torch.nn as nn
+
+    from paretune.spaces import _layout
+
+    layers = _layout.layer_list(model)
+    n_total = len(layers)
+    if cfg.n_layers == 0 or cfg.n_layers == n_total:
+        return model
+    if cfg.n_layers > n_total:
+        raise TrialFailed(
+            f"arch.n_layers={cfg.n_layers} but the model has only {n_total} layers; "
+            f"narrow space.arch.n_layers to high: {n_total}."
+        )
+    keep = select(n_total, cfg.n_layers, cfg.layer_selection)
+    _layout.set_layer_list(model, nn.ModuleList([layers[i] for i in keep]))
+    config = _layout.backbone(model).config
+    config.num_hidden_layers = len(keep)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    for new_idx, layer in enumerate(_layout.layer_list(model)):
+        for module in layer.modules():  # KV-cache slots are indexed by position
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    ctx.log(f"arch: kept layers {keep} of {n_total}")
+    return model
+
+
+def _drops(n_layers: int) -> bool:
+    return n_layers > 0
+
+
+register_family(
+    "arch",
+    ArchConfig,
+    apply,
+    stage=Stage.ARCH,
+    knobs={"n_layers": Int(1, 6), "layer_selection": Choice(*SELECTIONS)},
+    knob_when={"layer_selection": {"arch.n_layers": _drops}},
+)
