@@ -163,7 +163,7 @@ def run_study(
         log(f"study {cfg.study.name!r} already has {done} completed trials; nothing to run.")
         return study
     log(f"study {cfg.study.name!r}: running {budget} trials ({done} completed before)")
-    launcher = launcher or make_launcher(cfg.launcher.type)
+    launcher = launcher or make_launcher(cfg.launcher.type, **cfg.launcher.options())
     context = cfg.context()
     pending: dict[int, tuple[optuna.Trial, dict[str, Any]]] = {}
     asked = 0
