@@ -104,7 +104,8 @@ class RayLauncher(BaseLauncher):
                 f"launcher.gpus_per_trial is {gpus_per_trial}, but this Ray instance has no "
                 "GPUs, so no trial could start; set launcher.gpus_per_trial: 0."
             )
-        self.gpus_per_trial, self.cpus_per_trial, self.retries = gpus_per_trial, cpus_per_trial, retries
+        self.gpus_per_trial, self.cpus_per_trial = gpus_per_trial, cpus_per_trial
+        self.retries = retries
         fits = min(
             total.get("CPU", 0) / cpus_per_trial if cpus_per_trial else math.inf,
             total.get("GPU", 0) / gpus_per_trial if gpus_per_trial else math.inf,

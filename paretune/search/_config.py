@@ -260,7 +260,9 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
 def _check_launcher(launcher: LauncherSection) -> None:
     kind = launcher.type
     if kind not in LAUNCHERS:
-        raise ConfigError(f"launcher.type must be one of {', '.join(LAUNCHERS)}, but got {kind!r}.")
+        raise ConfigError(
+            f"launcher.type must be one of {', '.join(LAUNCHERS)}, but got {kind!r}."
+        )
     defaults = LauncherSection()
     for key in ("max_concurrent", "retries", "workers", "address", "gpus_per_trial",
                 "cpus_per_trial"):
@@ -307,7 +309,8 @@ def _check_launcher(launcher: LauncherSection) -> None:
 
         if importlib.util.find_spec("ray") is None:
             raise ConfigError(
-                "launcher.type 'ray' needs Ray, which is not installed: pip install 'paretune[ray]'"
+                "launcher.type 'ray' needs Ray, which is not installed: "
+                "pip install 'paretune[ray]'"
             )
 
 
