@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from paretune.errors import ConfigError
 from paretune.search._config import Config, grid_space
 from paretune.search._space import suggest
+from paretune.search._storage import driver_storage
 from paretune.trial import TrialResult, TrialSpec, run_trial
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def open_study(cfg: Config) -> optuna.Study:
     names, directions = list(cfg.study.objectives), cfg.directions()
     try:
         study = optuna.create_study(
-            storage=cfg.study.storage, study_name=cfg.study.name, directions=directions,
+            storage=driver_storage(cfg.study.storage), study_name=cfg.study.name,
+            directions=directions,
             sampler=make_sampler(cfg), load_if_exists=True,
         )
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
