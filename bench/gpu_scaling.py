@@ -11,7 +11,9 @@ P trials packed per GPU (Ray ``gpus_per_trial = 1/P``, or P multiprocess workers
 
 GPU utilization is sampled from nvidia-smi every 0.5 s while a layout runs. "steady" rates
 leave out the first round of trials (each worker's cold start: imports, model load,
-tokenization).
+tokenization): warm trials/hour = concurrency / mean duration of the trials that ran
+on an already-used worker. Every layout trains the same trial sequence (random sampler,
+seed 0); ``--peft none`` makes every trial a full fine-tune.
 
     # on the GPU machine (real MiniLM weights; BANKING77 CSVs with columns text,category)
     python bench/gpu_scaling.py --model $PARETUNE_DEVICE_MINILM --data /path/to/banking77
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -118,7 +121,7 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
 
         # CPU check: P*G logical CPU slots stand in for the packed GPU slots
         ray.init(num_cpus=cpus if on_gpu else slots, num_gpus=n_gpus if on_gpu else 0,
-                 include_dashboard=False, logging_level="warning")
+                 include_dashboard=False, logging_level=logging.WARNING)
         launcher.update(max_concurrent=slots, cpus_per_trial=cpus_per_trial,
                         gpus_per_trial=(1.0 / per_gpu) if on_gpu else 0)
     else:
@@ -134,7 +137,8 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
                  "eval_split": str(Path(args.data) / "test.csv"),
                  "text_column": "text", "label_column": "category",
                  "max_train_rows": args.max_train_rows, "max_eval_rows": args.max_eval_rows},
-        "space": {**SPACE, "train.batch_size": args.batch_size},
+        "space": {**SPACE, "train.batch_size": args.batch_size,
+                  **({"peft.method": args.peft} if args.peft else {})},
         "launcher": launcher,
         "measure": {"latency_repeats": 5, "latency_warmup": 2},
     }
@@ -158,9 +162,11 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
     done = sorted(t.datetime_complete.timestamp() for t in study.get_trials()
                   if t.state.name == "COMPLETE" and t.datetime_complete is not None)
     failed = [t.user_attrs.get("error") for t in study.get_trials() if t.state.name == "FAIL"]
-    steady = None
-    if len(done) > slots:  # after the first round: every worker is warm
-        steady = (len(done) - slots) / max(1e-9, done[-1] - done[slots - 1]) * 3600
+    # warm: trials numbered >= slots ran on workers that had already run one (the first
+    # `slots` trials went one to each fresh worker); throughput = concurrency / trial time
+    warm = [t.user_attrs["duration_s"] for t in study.get_trials()
+            if t.state.name == "COMPLETE" and t.number >= slots]
+    steady = slots * 3600 / statistics.fmean(warm) if warm else None
     util = {i: statistics.fmean(v) for i, v in sampler.util.items() if v}
     mem = {i: max(v) for i, v in sampler.mem.items() if v}
     return {
@@ -175,7 +181,7 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
 
 
 def report(results: list[dict[str, Any]]) -> None:
-    print("\n| layout | launcher | trials done/failed | wall s | trials/hour | steady "
+    print("\n| layout | launcher | trials done/failed | wall s | trials/hour (wall) | warm "
           "trials/hour | mean GPU util % (per GPU) | peak GPU MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -186,9 +192,10 @@ def report(results: list[dict[str, Any]]) -> None:
     if base is None:
         return
     for layout, target in (("1x4", 3.5), ("2x1", 1.9), ("2x4", None)):
-        r = next((x for x in results if x["layout"] == layout), None)
-        if r is None:
+        found = [x for x in results if x["layout"] == layout]
+        if not found:
             continue
+        r = found[0]
         for key in ("trials_per_hour", "steady_trials_per_hour"):
             if r[key] and base[key]:
                 ratio = r[key] / base[key]
@@ -213,6 +220,8 @@ def main() -> None:
     parser.add_argument("--max-eval-rows", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--peft", default=None, choices=("none", "lora"),
+                        help="fix peft.method (default: search none and lora)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 

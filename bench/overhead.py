@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import math
 import os
 import platform
@@ -78,7 +79,7 @@ def run_optuna(trials: int) -> float:
     from paretune.search._space import suggest
 
     cfg = make_config("sqlite:///unused.db", "optuna", trials, 1, "local")
-    study = optuna.create_study(directions=list(OBJECTIVES.values()), sampler=make_sampler(cfg))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg))
     start = time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
@@ -108,8 +109,8 @@ def run_tune(trials: int, concurrency: int, workdir: Path, reuse: bool) -> float
 
     cfg = make_config("sqlite:///unused.db", "tune", trials, concurrency, "local")
 
-    search = OptunaSearch(space=functools.partial(tune_space, cfg.space), metric=list(OBJECTIVES), mode=["max", "min"],
-                          sampler=make_sampler(cfg))
+    search = OptunaSearch(space=functools.partial(tune_space, cfg.space),
+                          metric=list(OBJECTIVES), mode=["max", "min"], sampler=make_sampler(cfg))
     tuner = tune.Tuner(
         tune_trainable,
         tune_config=tune.TuneConfig(search_alg=search, num_samples=trials,
@@ -143,7 +144,7 @@ def main() -> None:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(num_cpus=args.cpus or args.concurrency, include_dashboard=False,
-             logging_level="warning", log_to_driver=False)
+             logging_level=logging.WARNING, log_to_driver=False)
     n, c = args.trials, args.concurrency
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores; ray {ray.__version__}")
     print(f"{n} trivial 2-objective trials, seeded TPE, concurrency {c}"

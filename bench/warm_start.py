@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import sys
 import tempfile
@@ -103,7 +104,7 @@ def main() -> None:
         if args.launcher == "ray":
             import ray
 
-            ray.init(num_cpus=1, include_dashboard=False, logging_level="warning")
+            ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
         first = run(args.launcher, context, 1 + args.warm_trials)
         replaced = run(args.launcher, context, 1)  # a fresh worker; tokenized data on disk
     cold, warm, disk = first[0], first[1:], replaced[0]

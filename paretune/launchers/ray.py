@@ -7,6 +7,7 @@ and the tokenized data stay warm in its per-process caches (``models.load_base``
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -89,7 +90,7 @@ class RayLauncher(BaseLauncher):
         if not ray.is_initialized():
             extra = {} if address else {"include_dashboard": False}
             try:
-                ray.init(address=address, logging_level="warning", **extra)
+                ray.init(address=address, logging_level=logging.WARNING, **extra)
             except ConnectionError as exc:
                 raise ConfigError(
                     f"launcher.address {address!r}: no Ray cluster answers there ({exc}); start "

@@ -3,6 +3,7 @@ workers, Ctrl-C. Skipped where Ray is not installed."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ def local_ray() -> Iterator[None]:
 
     # Ray's workers may not have this test folder on sys.path: ship the helpers by value
     cloudpickle.register_pickle_by_value(_shared)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
     cloudpickle.unregister_pickle_by_value(_shared)

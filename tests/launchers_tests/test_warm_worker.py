@@ -7,7 +7,9 @@ from pathlib import Path
 from paretune import data, models
 
 
-def test_second_tokenize_in_a_worker_hits_the_memory_cache(tiny_model: str, tmp_path: Path) -> None:
+def test_second_tokenize_in_a_worker_hits_the_memory_cache(
+    tiny_model: str, tmp_path: Path
+) -> None:
     _, tokenizer = models.load_base(tiny_model, 3)
     before = data.tokenizer_fingerprint(tokenizer)
     texts, labels = ["goal match team", "bank market price"], [0, 1]
