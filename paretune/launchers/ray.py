@@ -65,7 +65,8 @@ class RayLauncher(BaseLauncher):
 
     Args:
         max_concurrent: trials in flight; ``None`` fits as many as the cluster's CPUs and
-            GPUs hold at ``cpus_per_trial`` / ``gpus_per_trial`` each.
+            GPUs hold at ``cpus_per_trial`` / ``gpus_per_trial`` each. Trials beyond what
+            the cluster holds wait in the driver for a free actor.
         retries: re-runs of a trial whose worker process or node died (not of a trial
             that failed on its own: that is data).
         address: ``None`` starts a local Ray instance (or reuses the one this process
@@ -107,24 +108,48 @@ class RayLauncher(BaseLauncher):
             )
         self.gpus_per_trial, self.cpus_per_trial = gpus_per_trial, cpus_per_trial
         self.retries = retries
-        fits = min(
-            total.get("CPU", 0) / cpus_per_trial if cpus_per_trial else math.inf,
-            total.get("GPU", 0) / gpus_per_trial if gpus_per_trial else math.inf,
-        )
-        self.max_concurrent = max_concurrent or max(1, int(fits) if math.isfinite(fits) else 1)
+        self.max_concurrent = max_concurrent or self._fits(total)
         self._actor_cls = ray.remote(_TrialActor).options(
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_restarts=0
         )
         self._idle: list[Any] = []
         self._running: dict[Any, _Running] = {}
+        self._queue: list[tuple[TrialFn, TrialSpec, int]] = []  # fn, spec, attempt
+        self._cap, self._cap_checked = self._fits(total), time.monotonic()
+
+    def _fits(self, total: dict[str, float]) -> int:
+        """How many actors the cluster holds at once (at least 1)."""
+        fits = min(
+            total.get("CPU", 0) / self.cpus_per_trial if self.cpus_per_trial else math.inf,
+            total.get("GPU", 0) / self.gpus_per_trial if self.gpus_per_trial else math.inf,
+        )
+        return max(1, int(fits)) if math.isfinite(fits) else 1
+
+    def _actor_cap(self) -> int:
+        # Idle actors keep their CPUs and GPUs: never ask for more actors than the cluster
+        # holds, or the extra ones (and the trials sent to them) would wait forever. A
+        # cluster that grew (nodes joined) is seen within seconds.
+        if time.monotonic() - self._cap_checked > 5:
+            self._cap = self._fits(self._ray.cluster_resources())
+            self._cap_checked = time.monotonic()
+        return min(self.max_concurrent, self._cap)
 
     def submit(self, fn: TrialFn, spec: TrialSpec) -> None:
-        self._start(fn, spec, attempt=0)
+        self._queue.append((fn, spec, 0))
+        self._dispatch()
 
-    def _start(self, fn: TrialFn, spec: TrialSpec, attempt: int) -> None:
-        actor = self._idle.pop() if self._idle else self._actor_cls.remote()
-        ref = actor.run.remote(fn, spec)
-        self._running[ref] = _Running(actor, fn, spec, attempt, time.perf_counter())
+    def _dispatch(self) -> None:
+        """Start queued trials on idle actors, or on new ones while the cluster has room."""
+        while self._queue:
+            if self._idle:
+                actor = self._idle.pop()
+            elif len(self._running) < self._actor_cap():
+                actor = self._actor_cls.remote()
+            else:
+                return
+            fn, spec, attempt = self._queue.pop(0)
+            ref = actor.run.remote(fn, spec)
+            self._running[ref] = _Running(actor, fn, spec, attempt, time.perf_counter())
 
     def wait(self) -> list[TrialResult]:
         ray = self._ray
@@ -139,6 +164,7 @@ class RayLauncher(BaseLauncher):
                 result = self._collect(ref, retry=True)
                 if result is not None:
                     results.append(result)
+            self._dispatch()
         return results
 
     def _collect(self, ref: Any, *, retry: bool) -> TrialResult | None:
@@ -156,7 +182,7 @@ class RayLauncher(BaseLauncher):
         except ray.exceptions.RayError as exc:  # the actor's process or its node is gone
             self._kill(run.actor)
             if retry and run.attempt < self.retries:
-                self._start(run.fn, run.spec, run.attempt + 1)
+                self._queue.insert(0, (run.fn, run.spec, run.attempt + 1))
                 return None
             return worker_lost(run.spec.number, _why(exc), run.start, run.attempt)
         self._idle.append(run.actor)
@@ -171,10 +197,13 @@ class RayLauncher(BaseLauncher):
     def cancel(self) -> list[TrialResult]:
         """Keep trials that finished meanwhile; kill the actors of the rest (actor tasks
         cannot be interrupted otherwise) and report them cancelled."""
+        now = time.perf_counter()
+        results = [cancelled(spec.number, now) for _, spec, _ in self._queue]
+        self._queue.clear()
         if not self._running:
-            return []
+            return results
         ready, _ = self._ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-        results = [r for r in (self._collect(ref, retry=False) for ref in ready) if r is not None]
+        results += [r for r in (self._collect(ref, retry=False) for ref in ready) if r is not None]
         for run in self._running.values():
             self._kill(run.actor)
             results.append(cancelled(run.spec.number, run.start))
@@ -186,6 +215,7 @@ class RayLauncher(BaseLauncher):
             self._kill(actor)
         self._idle.clear()
         self._running.clear()
+        self._queue.clear()
         if self._owns_ray:
             self._ray.shutdown()
             self._owns_ray = False

@@ -172,3 +172,15 @@ def check_ctrl_c_records_and_resumes(raw: dict[str, Any], kind: str, **launcher:
 def visible_gpu(spec: TrialSpec) -> TrialResult:
     time.sleep(0.5)  # long enough that the next trial goes to the other worker
     return TrialResult(spec.number, "complete", {"gpu": float(os.environ["CUDA_VISIBLE_DEVICES"])})
+
+
+def check_more_in_flight_than_workers(launcher: BaseLauncher) -> None:
+    """max_concurrent above what the workers hold: the extra trials wait, none is lost."""
+    assert launcher.max_concurrent == 4
+    for n in range(4):
+        launcher.submit(sleeps, TrialSpec(n, {"sleep": 0.3}, {}))
+    done: list[TrialResult] = []
+    while len(done) < 4:
+        done += launcher.wait()
+    assert sorted(r.number for r in done) == [0, 1, 2, 3]
+    assert all(r.state == "complete" for r in done)

@@ -33,6 +33,11 @@ def test_cancel_keeps_finished_trials_and_stops_the_rest() -> None:
         _shared.check_cancel_keeps_finished(launcher)
 
 
+def test_more_trials_in_flight_than_workers_all_finish() -> None:
+    with MultiprocessLauncher(max_concurrent=4, workers=2, device="cpu") as launcher:
+        _shared.check_more_in_flight_than_workers(launcher)
+
+
 def test_each_worker_sees_its_own_gpu(monkeypatch: Any) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     launcher = MultiprocessLauncher(workers=4)

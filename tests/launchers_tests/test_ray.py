@@ -62,3 +62,8 @@ def test_concurrency_fits_the_cluster_and_gpus_need_gpus() -> None:
     assert RayLauncher().gpus_per_trial == 0  # no GPUs here
     with pytest.raises(ConfigError, match="gpus_per_trial is 0.25, but this Ray instance has no"):
         RayLauncher(gpus_per_trial=0.25)
+
+
+def test_more_trials_in_flight_than_the_cluster_holds_all_finish() -> None:
+    with RayLauncher(max_concurrent=4) as launcher:  # 2 CPUs: two actors, two trials wait
+        _shared.check_more_in_flight_than_workers(launcher)
