@@ -18,6 +18,8 @@ seed 0); ``--peft none`` makes every trial a full fine-tune.
     # on the GPU machine (real MiniLM weights; BANKING77 CSVs with columns text,category)
     python bench/gpu_scaling.py --model $PARETUNE_DEVICE_MINILM --data /path/to/banking77
     python bench/gpu_scaling.py --data DIR --layouts 1x1,1x4     # one layout set per call
+    # each layout prints its JSON line as soon as it ends; --trials-per-slot 2 for a
+    # shorter run (a layout runs G*P*trials-per-slot trials)
     # random-init model of the same shape (hidden 384, 6 layers, 12 heads, 1536 ffn)
     python bench/gpu_scaling.py --model random --data DIR
     # plumbing check on a CPU box: tiny model, few rows, 'GPUs' become CPU slots
@@ -85,7 +87,9 @@ class GpuSampler(threading.Thread):
 
 def gpu_count() -> int:
     if shutil.which("nvidia-smi") is None:
-        return 0
+        import torch  # no nvidia-smi to sample utilization, but the GPUs may still be there
+
+        return int(torch.cuda.device_count())
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
@@ -167,8 +171,9 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
     warm = [t.user_attrs["duration_s"] for t in study.get_trials()
             if t.state.name == "COMPLETE" and t.number >= slots]
     steady = slots * 3600 / statistics.fmean(warm) if warm else None
-    util = {i: statistics.fmean(v) for i, v in sampler.util.items() if v}
-    mem = {i: max(v) for i, v in sampler.mem.items() if v}
+    # nvidia-smi lists every GPU of the machine: keep the ones this layout used
+    util = {i: statistics.fmean(v) for i, v in sampler.util.items() if v and str(i) in used}
+    mem = {i: max(v) for i, v in sampler.mem.items() if v and str(i) in used}
     return {
         "layout": layout, "launcher": args.launcher, "device": "gpu" if on_gpu else "cpu",
         "trials": n_trials, "completed": len(done), "failed": len(failed),
