@@ -12,7 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import _shared  # noqa: E402
+import _launcher_checks  # noqa: E402
 
 from paretune.launchers.ray import RayLauncher  # noqa: E402
 
@@ -24,33 +24,33 @@ def local_ray() -> Iterator[None]:
     from ray import cloudpickle
 
     # Ray's workers may not have this test folder on sys.path: ship the helpers by value
-    cloudpickle.register_pickle_by_value(_shared)
+    cloudpickle.register_pickle_by_value(_launcher_checks)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
-    cloudpickle.unregister_pickle_by_value(_shared)
+    cloudpickle.unregister_pickle_by_value(_launcher_checks)
 
 
 def test_two_concurrent_trials_complete_with_the_local_metrics(raw_config: dict[str, Any]) -> None:
-    _shared.check_concurrent_trials_match_local(raw_config, "ray")
+    _launcher_checks.check_concurrent_trials_match_local(raw_config, "ray")
 
 
 def test_killed_worker_fails_its_trial_and_the_study_goes_on(raw_config: dict[str, Any]) -> None:
-    _shared.check_killed_worker_fails_its_trial(raw_config, "ray")
+    _launcher_checks.check_killed_worker_fails_its_trial(raw_config, "ray")
 
 
 def test_ctrl_c_records_running_trials_and_rerun_resumes(raw_config: dict[str, Any]) -> None:
-    _shared.check_ctrl_c_records_and_resumes(raw_config, "ray")
+    _launcher_checks.check_ctrl_c_records_and_resumes(raw_config, "ray")
 
 
 def test_retry_reruns_a_trial_whose_worker_died(tmp_path: Path) -> None:
     with RayLauncher(retries=1) as launcher:
-        _shared.check_retry_after_death(launcher, tmp_path)
+        _launcher_checks.check_retry_after_death(launcher, tmp_path)
 
 
 def test_cancel_keeps_finished_trials_and_stops_the_rest() -> None:
     with RayLauncher() as launcher:
-        _shared.check_cancel_keeps_finished(launcher)
+        _launcher_checks.check_cancel_keeps_finished(launcher)
 
 
 def test_concurrency_fits_the_cluster_and_gpus_need_gpus() -> None:
@@ -66,4 +66,4 @@ def test_concurrency_fits_the_cluster_and_gpus_need_gpus() -> None:
 
 def test_more_trials_in_flight_than_the_cluster_holds_all_finish() -> None:
     with RayLauncher(max_concurrent=4) as launcher:  # 2 CPUs: two actors, two trials wait
-        _shared.check_more_in_flight_than_workers(launcher)
+        _launcher_checks.check_more_in_flight_than_workers(launcher)
