@@ -123,7 +123,7 @@ class RayLauncher(BaseLauncher):
             total.get("CPU", 0) / self.cpus_per_trial if self.cpus_per_trial else math.inf,
             total.get("GPU", 0) / self.gpus_per_trial if self.gpus_per_trial else math.inf,
         )
-        return max(1, int(fits)) if math.isfinite(fits) else 1
+        return max(1, int(fits + 1e-9)) if math.isfinite(fits) else 1  # 1/(1/3) is 3
 
     def _actor_cap(self) -> int:
         # Idle actors keep their CPUs and GPUs: never ask for more actors than the cluster
