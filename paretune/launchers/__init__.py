@@ -10,6 +10,8 @@ from paretune.launchers._base import BaseLauncher, TrialFn
 # launcher.type -> "module:Class", imported only when chosen
 LAUNCHERS = {
     "local": "paretune.launchers.local:LocalLauncher",
+    "multiprocess": "paretune.launchers.multiprocess:MultiprocessLauncher",
+    "ray": "paretune.launchers.ray:RayLauncher",
 }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from typing import Any
 
 from paretune.trial import TrialResult, TrialSpec
 
-__all__ = ["BaseLauncher", "TrialFn"]
+__all__ = ["BaseLauncher", "TrialFn", "cancelled", "worker_lost"]
 
 TrialFn = Callable[[TrialSpec], TrialResult]
 
@@ -41,3 +42,24 @@ class BaseLauncher(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+CANCELLED = "cancelled: the search was interrupted (Ctrl-C) while this trial ran"
+
+
+def cancelled(number: int, start: float) -> TrialResult:
+    """A trial stopped by ``cancel`` (``start`` from ``time.perf_counter``)."""
+    return TrialResult(number, "fail", error=CANCELLED, duration_s=time.perf_counter() - start)
+
+
+def worker_lost(number: int, why: str, start: float, retries: int = 0) -> TrialResult:
+    """A trial whose worker process (or node) died under it: the trial fails, the study
+    goes on. ``why`` is the launcher's account of the death, folded onto one line."""
+    why = " ".join(why.split())
+    if len(why) > 400:
+        why = why[:400] + " ..."
+    after = f" (and in {retries} retr{'y' if retries == 1 else 'ies'})" if retries else ""
+    return TrialResult(
+        number, "fail", duration_s=time.perf_counter() - start,
+        error=f"worker lost: the process running this trial died{after}: {why}",
+    )

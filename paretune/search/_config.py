@@ -25,7 +25,13 @@ DEFAULT_OBJECTIVES = {
     "classification": {"accuracy": "maximize", "size_mb": "minimize"},
     "causal_lm": {"perplexity": "minimize", "size_mb": "minimize"},
 }
-LAUNCHERS = ("local",)
+LAUNCHERS = ("local", "multiprocess", "ray")
+# launcher.type -> the keyword arguments its class takes (LauncherSection.options)
+LAUNCHER_KEYS: dict[str, tuple[str, ...]] = {
+    "local": (),
+    "multiprocess": ("max_concurrent", "retries", "workers", "device"),
+    "ray": ("max_concurrent", "retries", "address", "gpus_per_trial", "cpus_per_trial", "device"),
+}
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=)\s*(-?[0-9.eE+-]+)\s*$")
 
 
@@ -63,9 +69,20 @@ class TaskSection:
 
 @dataclass(frozen=True)
 class LauncherSection:
+    """Where trials run. ``None`` means "the launcher decides" (see ``LAUNCHER_KEYS``)."""
+
     type: str = "local"
     device: str = "auto"
-    max_concurrent: int = 1
+    max_concurrent: int | None = None  # local: 1; multiprocess: workers; ray: what fits
+    retries: int = 0  # re-runs of a trial whose worker died (multiprocess, ray)
+    workers: int | None = None  # multiprocess: worker processes (default: one per GPU, else 1)
+    address: str | None = None  # ray: None starts a local Ray; "auto" or "ray://host:port"
+    gpus_per_trial: float | None = None  # ray: fractional packs trials (default: 1 with GPUs)
+    cpus_per_trial: float = 1.0  # ray
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of this launcher type's class (``make_launcher``)."""
+        return {key: getattr(self, key) for key in LAUNCHER_KEYS[self.type]}
 
 
 @dataclass(frozen=True)
@@ -245,10 +262,7 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     _check_type("model.max_length", model.max_length, int, "a positive integer")
     models.check_model_name(model.name)
 
-    if launcher.type not in LAUNCHERS:
-        raise ConfigError(
-            f"launcher.type must be one of {', '.join(LAUNCHERS)}, but got {launcher.type!r}."
-        )
+    _check_launcher(launcher)
     space = parse_space(raw.get("space") or {})
     cfg = Config(study, model, task, space, launcher, measure)
     if study.sampler == "grid":
@@ -258,6 +272,63 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     if check_data:
         _check_columns(task)
     return cfg
+
+
+def _check_launcher(launcher: LauncherSection) -> None:
+    kind = launcher.type
+    if kind not in LAUNCHERS:
+        raise ConfigError(
+            f"launcher.type must be one of {', '.join(LAUNCHERS)}, but got {kind!r}."
+        )
+    defaults = LauncherSection()
+    for key in ("max_concurrent", "retries", "workers", "address", "gpus_per_trial",
+                "cpus_per_trial"):
+        value = getattr(launcher, key)
+        if key == "max_concurrent" and value == 1:
+            continue  # true of every launcher
+        if key not in LAUNCHER_KEYS[kind] and value != getattr(defaults, key):
+            users = [k for k, keys in LAUNCHER_KEYS.items() if key in keys]
+            raise ConfigError(
+                f"launcher.{key} applies to launcher.type {' or '.join(users)}, not {kind!r}; "
+                f"remove launcher.{key} or set launcher.type: {users[0]}."
+            )
+    for key, low in (("max_concurrent", 1), ("workers", 1), ("retries", 0)):
+        value = getattr(launcher, key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < low
+        ):
+            what = "a positive integer" if low else "an integer >= 0"
+            raise ConfigError(f"launcher.{key} must be {what}, but got {value!r}.")
+    for key in ("gpus_per_trial", "cpus_per_trial"):
+        value = getattr(launcher, key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"launcher.{key} must be a number >= 0, but got {value!r}.")
+        if value > 1 and value != int(value):
+            raise ConfigError(
+                f"launcher.{key} above 1 must be a whole number (Ray's rule), but got {value}; "
+                f"use {int(value)} or {int(value) + 1}."
+            )
+    if kind == "ray":
+        if launcher.cpus_per_trial == 0 and not launcher.gpus_per_trial:
+            raise ConfigError(
+                "launcher.cpus_per_trial and launcher.gpus_per_trial cannot both be 0 (every "
+                "trial would fit anywhere, unbounded); set cpus_per_trial: 1."
+            )
+        address = launcher.address
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigError(
+                f"launcher.address must be 'auto', 'ray://HOST:PORT' or HOST:PORT, but got "
+                f"{address!r}; leave it unset to start a local Ray instance."
+            )
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                "launcher.type 'ray' needs Ray, which is not installed: "
+                "pip install 'paretune[ray]'"
+            )
 
 
 def _objectives(value: Any, task_type: str) -> dict[str, str]:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from paretune.errors import ConfigError
 from paretune.search._config import Config
 from paretune.search._hypervolume import FrontTracker
-from paretune.search._space import grid_points
-from paretune.search._space import suggest
+from paretune.search._space import grid_points, suggest
+from paretune.search._storage import driver_storage
 from paretune.trial import TrialResult, TrialSpec, run_trial
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def open_study(cfg: Config) -> optuna.Study:
     names, directions = list(cfg.study.objectives), cfg.directions()
     try:
         study = optuna.create_study(
-            storage=cfg.study.storage, study_name=cfg.study.name, directions=directions,
+            storage=driver_storage(cfg.study.storage), study_name=cfg.study.name,
+            directions=directions,
             sampler=make_sampler(cfg), load_if_exists=True,
         )
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
@@ -181,7 +182,7 @@ def run_study(
         log(f"study {cfg.study.name!r} already has {done} completed trials; nothing to run.")
         return study
     log(f"study {cfg.study.name!r}: running {budget} trials ({done} completed before)")
-    launcher = launcher or make_launcher(cfg.launcher.type)
+    launcher = launcher or make_launcher(cfg.launcher.type, **cfg.launcher.options())
     context = {**cfg.context(), "progress": not quiet}  # training progress inside trials
     pending: dict[int, tuple[optuna.Trial, dict[str, Any]]] = {}
     asked = 0
