@@ -105,3 +105,56 @@ def test_pydoc_text_alias(raw_config: dict[str, Any], tiny_llama: str) -> None:
     ds = data.load_task_data(parse_config(raw).context()["task"], 0)
     assert len(ds.train_texts) == 20 and len(ds.eval_texts) == 10
     assert all(len(t) > 20 for t in ds.train_texts)
+
+
+FAMILY_CASES = {
+    # name: (params on top of a full fine-tune, check on (metrics, baseline metrics))
+    "lora": ({"peft.method": "lora", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+              "lora.targets": "qv"}, lambda m, b: m["trainable_params"] < b["trainable_params"]),
+    "dora": ({"peft.method": "dora", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+              "lora.targets": "qv"}, lambda m, b: m["trainable_params"] < b["trainable_params"]),
+    "ia3": ({"peft.method": "ia3"}, lambda m, b: m["trainable_params"] < b["trainable_params"]),
+    "prefix": ({"peft.method": "prefix", "prompt.virtual_tokens": 4},
+               lambda m, b: m["size_mb"] > b["size_mb"]),  # ships the adapter beside the base
+    "arch": ({"arch.n_layers": 1, "arch.layer_selection": "first"},
+             lambda m, b: m["size_mb"] < b["size_mb"]),
+    "prune-heads": ({"prune.ratio": 0.5, "prune.scheme": "heads"},
+                    lambda m, b: m["size_mb"] < b["size_mb"]),
+    "prune-ffn": ({"prune.ratio": 0.5, "prune.scheme": "ffn"},
+                  lambda m, b: m["size_mb"] < b["size_mb"]),
+    "quant-8": ({"quant.bits": 8, "quant.scheme": "channel"},
+                lambda m, b: m["size_mb"] < 0.3 * b["size_mb"]),
+    "quant-4": ({"quant.bits": 4, "quant.scheme": "group", "quant.group_size": 32},
+                lambda m, b: m["size_mb"] < 0.2 * b["size_mb"]),
+    "distill": ({"distill.enabled": True, "distill.temperature": 2.0, "distill.alpha": 0.5},
+                lambda m, b: m["perplexity"] < 10 * b["perplexity"]),
+}
+
+
+@pytest.fixture(scope="module")
+def lm_baseline(tmp_path_factory: pytest.TempPathFactory, tiny_csv: str) -> Any:
+    from paretune.models import make_tiny_llama
+
+    from conftest import synthetic_rows
+
+    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
+    model = make_tiny_llama(tmp_path_factory.mktemp("lm") / "llama", texts, hidden_size=64,
+                            intermediate_size=128)
+    tmp = tmp_path_factory.mktemp("lm-cache")
+    raw = {
+        "study": {"storage": f"sqlite:///{tmp / 'x.db'}", "cache_dir": str(tmp)},
+        "model": {"name": model, "max_length": 32},
+        "task": {"type": "causal_lm", "dataset": tiny_csv, "eval_split": 0.25},
+        "measure": {"latency_repeats": 2, "latency_warmup": 1},
+    }
+    return raw, _run(raw, **{"train.epochs": 1})
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CASES))
+def test_every_family_on_a_causal_llama(case: str, lm_baseline: Any) -> None:
+    raw, base = lm_baseline
+    assert base.state == "complete", base.error
+    params, check = FAMILY_CASES[case]
+    result = _run(raw, **{"train.epochs": 1, **params})
+    assert result.state == "complete", result.error
+    assert check(result.metrics, base.metrics), (result.metrics, base.metrics)

@@ -23,7 +23,7 @@ from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialConte
 from paretune.spaces._base import register_family
 
 # How the teacher is fine-tuned (full fine-tune); part of its cache key.
-TEACHER_RECIPE: dict[str, Any] = {"lr": 1e-4, "epochs": 3, "batch_size": 16, "warmup_ratio": 0.1}
+TEACHER_RECIPE: dict[str, Any] = {"lr": 5e-4, "epochs": 3, "batch_size": 16, "warmup_ratio": 0.1}
 
 _TEACHERS: dict[str, Any] = {}  # per process: key -> teacher model
 
@@ -76,7 +76,7 @@ def teacher_key(ctx: TrialContext) -> str:
 
 def get_teacher(ctx: TrialContext, num_labels: int) -> Any:
     """The task's teacher: from this process, else from the disk cache, else trained now."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     key = teacher_key(ctx)
     if key in _TEACHERS:
@@ -84,7 +84,8 @@ def get_teacher(ctx: TrialContext, num_labels: int) -> Any:
     path = Path(ctx.cache_dir, "teachers", key)
     if not (path / "config.json").exists():
         _train_teacher(ctx, num_labels, path)
-    teacher = AutoModelForSequenceClassification.from_pretrained(path).to(ctx.device).eval()
+    auto = AutoModelForCausalLM if _causal(ctx) else AutoModelForSequenceClassification
+    teacher = auto.from_pretrained(path).to(ctx.device).eval()
     for p in teacher.parameters():
         p.requires_grad = False
     _TEACHERS.clear()  # one teacher per study: keep memory flat
@@ -92,12 +93,18 @@ def get_teacher(ctx: TrialContext, num_labels: int) -> Any:
     return teacher
 
 
+def _causal(ctx: TrialContext) -> bool:
+    return ctx.task["type"] == "causal_lm"
+
+
 def _train_teacher(ctx: TrialContext, num_labels: int, path: Path) -> None:
     from paretune import models
     from paretune.spaces.train import TrainConfig, fit
 
     ctx.log(f"distill: fine-tuning the teacher once for this study -> {path}")
-    model, _ = models.load_base(ctx.model_spec["name"], num_labels, ctx.seed)
+    model, _ = models.load_base(
+        ctx.model_spec["name"], num_labels, ctx.seed, causal_lm=_causal(ctx)
+    )
     model.to(ctx.device)
     seconds, loss = fit(model, TrainConfig(**TEACHER_RECIPE), ctx.train_data, ctx.device, ctx.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +122,7 @@ def apply(model: Any, cfg: DistillConfig, ctx: TrialContext) -> Any:
 
     if not cfg.enabled or cfg.alpha == 0.0:
         return model
-    teacher = get_teacher(ctx, int(model.config.num_labels))
+    teacher = get_teacher(ctx, 0 if _causal(ctx) else int(model.config.num_labels))
 
     def term(loss: Any, logits: Any, batch: Any, labels: Any) -> Any:
         with torch.no_grad():
