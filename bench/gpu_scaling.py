@@ -207,8 +207,10 @@ def report(results: list[dict[str, Any]]) -> None:
         for key in ("trials_per_hour", "steady_trials_per_hour"):
             if r[key] and base[key]:
                 ratio = r[key] / base[key]
-                verdict = f" (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
-                print(f"{layout} / 1x1 {key}: {ratio:.2f}x{verdict if target else ''}")
+                verdict = ""
+                if target is not None:
+                    verdict = f" (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
+                print(f"{layout} / 1x1 {key}: {ratio:.2f}x{verdict}")
 
 
 def main() -> None:

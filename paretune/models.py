@@ -139,6 +139,7 @@ def load_base(
 def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
     """Load (model, tokenizer) from an alias, a path or a hub id: a sequence classifier with
     a new head of ``num_labels``, or the causal LM as it is."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -149,12 +150,16 @@ def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        # fp32 master weights whatever the checkpoint's dtype (hub LLMs ship bf16 / fp16):
+        # training in half precision is train.precision's job (autocast), not the loader's
         if causal_lm:
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=offline, dtype=torch.float32
+            )
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=num_labels, local_files_only=offline,
-                ignore_mismatched_sizes=True,
+                ignore_mismatched_sizes=True, dtype=torch.float32,
             )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -76,3 +76,13 @@ def test_tiny_model_tokenizer_knows_the_words(tiny_model: str) -> None:
     assert len(tok) > 50
     ids = tok("goal match team")["input_ids"]
     assert tok.unk_token_id not in ids
+
+
+def test_adalora_without_a_budget_to_prune_fails_fast(raw_config: dict[str, Any]) -> None:
+    result = run_trial(_spec(raw_config, **{
+        "peft.method": "adalora", "adalora.init_r": 8, "adalora.target_r": 8,
+        "adalora.alpha": 8, "adalora.targets": "qv",
+    }))
+    assert result.state == "fail"
+    assert result.error == "`adalora.target_r < adalora.init_r` must hold, but got target_r=8, init_r=8."
+    assert result.metrics == {}  # failed before anything was measured

@@ -46,11 +46,11 @@ def total_steps(ctx: TrialContext) -> int:
 def apply(model: Any, cfg: AdaloraConfig, ctx: TrialContext) -> Any:
     import peft
 
-    if cfg.target_r > cfg.init_r:
+    if cfg.target_r >= cfg.init_r:  # peft's budget mask needs something to prune
         from paretune.errors import TrialFailed
 
         raise TrialFailed(
-            f"`adalora.target_r <= adalora.init_r` must hold, but got target_r={cfg.target_r}, "
+            f"`adalora.target_r < adalora.init_r` must hold, but got target_r={cfg.target_r}, "
             f"init_r={cfg.init_r}."
         )
     total = total_steps(ctx)
@@ -82,7 +82,7 @@ register_family(
     when={"peft.method": ("adalora",)},
     knobs={
         "init_r": Choice(8, 12, 16),
-        "target_r": Choice(2, 4, 8),
+        "target_r": Choice(2, 4, 6),
         "alpha": Choice(8, 16, 32),
         "targets": Choice(*TARGETS),
     },
