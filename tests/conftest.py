@@ -36,6 +36,11 @@ def synthetic_rows(n: int, seed: int) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def topic_texts() -> list[str]:
+    return [r["text"] for r in synthetic_rows(180, seed=0)]
+
+
+@pytest.fixture(scope="session")
 def baseline_space() -> dict[str, Any]:
     return dict(BASELINE_SPACE)
 

