@@ -82,7 +82,9 @@ def _pydoc() -> list[dict[str, str]]:
     """Python's own help topics (pydoc_data.topics): real English text in every CPython."""
     from pydoc_data.topics import topics
 
-    return [{"text": " ".join(text.split()), "label": name} for name, text in sorted(topics.items())]
+    return [
+        {"text": " ".join(text.split()), "label": name} for name, text in sorted(topics.items())
+    ]
 
 
 def _read_file(path: str) -> list[dict[str, Any]]:

@@ -95,7 +95,7 @@ def _converted(alias: str, gguf: Path, hint: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
-    model.hf_quantizer = None  # the weights are dequantized already: save them as plain fp32
+    model.hf_quantizer = None  # type: ignore[assignment]  # dequantized already: save as fp32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,11 @@ def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
     """Load (model, tokenizer) from an alias, a path or a hub id: a sequence classifier with
     a new head of ``num_labels``, or the causal LM as it is."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     path = resolve(name)
@@ -205,7 +208,7 @@ def make_tiny_model(
 
 def _word_tokenizer(out: Path, texts: Iterable[str]) -> Any:
     """A WordPiece tokenizer whose vocabulary is the letters plus the words of ``texts``."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     out.mkdir(parents=True, exist_ok=True)
     words = sorted({w for t in texts for w in t.lower().split() if w.isalpha()})

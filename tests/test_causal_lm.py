@@ -82,7 +82,8 @@ def test_prompt_response_columns(raw_config: dict[str, Any], tiny_llama: str,
         w = csv.writer(fh)
         w.writerow(["question", "answer"])
         for i in range(40):
-            w.writerow([f"what is topic {i % 3}", ["sport goal", "tech chip", "money bank"][i % 3]])
+            answer = ["sport goal", "tech chip", "money bank"][i % 3]
+            w.writerow([f"what is topic {i % 3}", answer])
     raw = _lm_config(raw_config, tiny_llama, dataset=str(path), prompt_column="question",
                      text_column="answer")
     result = _run(raw)

@@ -84,5 +84,7 @@ def test_adalora_without_a_budget_to_prune_fails_fast(raw_config: dict[str, Any]
         "adalora.alpha": 8, "adalora.targets": "qv",
     }))
     assert result.state == "fail"
-    assert result.error == "`adalora.target_r < adalora.init_r` must hold, but got target_r=8, init_r=8."
+    assert result.error == (
+        "`adalora.target_r < adalora.init_r` must hold, but got target_r=8, init_r=8."
+    )
     assert result.metrics == {}  # failed before anything was measured

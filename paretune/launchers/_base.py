@@ -34,7 +34,7 @@ class BaseLauncher(abc.ABC):
         """Stop every running trial (Ctrl-C); return them as failed results."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a no-op hook, as in Optuna's BaseSampler)
         """Release workers. Called once when the study ends, also after an error."""
 
     def __enter__(self) -> BaseLauncher:

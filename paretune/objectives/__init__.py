@@ -5,6 +5,10 @@ Each objective is one registered function ``fn(outcome) -> float`` with a direct
 
 from __future__ import annotations
 
+from paretune.objectives import (
+    cost,  # noqa: E402,F401  (registers its objectives)
+    quality,  # noqa: E402,F401
+)
 from paretune.objectives._registry import (
     Objective,
     Outcome,
@@ -12,7 +16,5 @@ from paretune.objectives._registry import (
     objectives,
     register_objective,
 )
-from paretune.objectives import cost  # noqa: E402,F401  (registers its objectives)
-from paretune.objectives import quality  # noqa: E402,F401
 
 __all__ = ["Objective", "Outcome", "get_objective", "objectives", "register_objective"]

@@ -34,7 +34,7 @@ def latency_ms(outcome: Outcome) -> float:
     sync = torch.cuda.synchronize if outcome.device.startswith("cuda") else (lambda: None)
     times = []
     with torch.inference_mode():
-        for i in range(int(outcome.measure.get("latency_warmup", 2)) + int(
+        for _ in range(int(outcome.measure.get("latency_warmup", 2)) + int(
             outcome.measure.get("latency_repeats", 10)
         )):
             sync()

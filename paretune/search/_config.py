@@ -173,14 +173,18 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. study.n_trials=4.")
+            raise ConfigError(
+                f"override {item!r} must look like key=value, e.g. study.n_trials=4."
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r} has a value that is not valid YAML.") from None
         section, _, rest = key.partition(".")
         if not rest:
-            raise ConfigError(f"override {item!r} must name a key inside a section, e.g. study.seed.")
+            raise ConfigError(
+                f"override {item!r} must name a key inside a section, e.g. study.seed."
+            )
         node = out.setdefault(section, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: section {section!r} is not a mapping.")
@@ -400,7 +404,9 @@ def _constraints(items: Any, task_type: str) -> None:
 
     known = [o.name for o in objectives.objectives(task_type)]
     if not isinstance(items, list):
-        raise ConfigError(f"study.constraints must be a list like ['accuracy >= 0.9'], got {items!r}.")
+        raise ConfigError(
+            f"study.constraints must be a list like ['accuracy >= 0.9'], got {items!r}."
+        )
     for text in items:
         m = _CONSTRAINT.match(str(text))
         if m is None:
@@ -464,7 +470,9 @@ def _check_values(name: str, knob: Any) -> None:
         except ConfigError as exc:
             raise ConfigError(f"space.{name}: {exc}") from None
         except TypeError as exc:
-            raise ConfigError(f"space.{name}: value {value!r} has the wrong type ({exc}).") from None
+            raise ConfigError(
+                f"space.{name}: value {value!r} has the wrong type ({exc})."
+            ) from None
 
 
 def _check_columns(task: TaskSection) -> None:

@@ -60,7 +60,7 @@ def open_study(cfg: Config) -> optuna.Study:
     try:
         study = optuna.create_study(
             storage=driver_storage(cfg.study.storage), study_name=cfg.study.name,
-            directions=directions,
+            directions=directions,  # type: ignore[arg-type]
             sampler=make_sampler(cfg), load_if_exists=True,
         )
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
@@ -110,7 +110,7 @@ def tell_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, c
     values: list[float] = []
     if result.state == "complete":
         for name in cfg.study.objectives:
-            value = result.metrics.get(name)
+            value = result.metrics.get(name)  # type: ignore[assignment]
             if value is None or not math.isfinite(value):
                 error = f"objective {name} is {value}: the trial produced no usable value"
                 break
@@ -136,7 +136,8 @@ def _grid_todo(study: optuna.Study, cfg: Config) -> list[dict[str, Any]]:
     import optuna
 
     done = [
-        t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        t.params
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     ]
     return [p for p in grid_points(cfg) if p not in done]
 
@@ -145,7 +146,9 @@ def _fmt(result: TrialResult, params: dict[str, Any]) -> str:
     if result.state != "complete":
         return f"trial {result.number} FAILED after {result.duration_s:.1f}s: {result.error}"
     metrics = " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
-    knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    knobs = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
     return f"trial {result.number} done in {result.duration_s:.1f}s: {metrics} | {knobs}"
 
 

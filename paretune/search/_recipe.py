@@ -79,7 +79,9 @@ def pick_trial(
         try:
             direction = objectives.get(metric) or get_objective(metric).direction
         except KeyError:
-            raise ConfigError(f"--pick {pick!r}: {metric!r} is not a metric of this study.") from None
+            raise ConfigError(
+                f"--pick {pick!r}: {metric!r} is not a metric of this study."
+            ) from None
         import optuna as _o
 
         done = [
@@ -138,7 +140,9 @@ def recipe_spec(
                           "paretune export.")
     missing = [k for k in ("model", "task", "params", "seed") if k not in recipe]
     if missing:
-        raise ConfigError(f"recipe is missing {', '.join(missing)}; export it with paretune export.")
+        raise ConfigError(
+            f"recipe is missing {', '.join(missing)}; export it with paretune export."
+        )
     context = {
         "model": recipe["model"], "task": recipe["task"], "measure": recipe.get("measure", {}),
         "seed": recipe["seed"], "device": device,

@@ -21,8 +21,11 @@ from paretune.spaces._base import (
     knob_names,
     register_family,
 )
+
+# isort: off
 # Registration order is the order of hooks within a stage: distill adds its loss term before
 # train's loop runs; at COMPRESS, peft merges, then prune re-applies its masks, then quant packs.
+# Conditions point backwards: peft.method is declared before the adapters that depend on it.
 from paretune.spaces import distill  # noqa: E402,F401
 from paretune.spaces import train  # noqa: E402,F401
 from paretune.spaces import peft  # noqa: E402,F401
@@ -32,6 +35,7 @@ from paretune.spaces import prompt  # noqa: E402,F401
 from paretune.spaces import arch  # noqa: E402,F401
 from paretune.spaces import prune  # noqa: E402,F401
 from paretune.spaces import quant  # noqa: E402,F401
+# isort: on
 
 __all__ = [
     "Choice",

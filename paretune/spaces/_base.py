@@ -155,7 +155,7 @@ class Fixed:
         return [self.value]
 
 
-Knob = Union[Float, Int, Choice, Fixed]
+Knob = Union[Float, Int, Choice, Fixed]  # noqa: UP007  (a runtime alias on 3.10)
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ class TrialContext:
     log: Callable[[str], None] = print
 
 
-ApplyFn = Callable[[Any, FamilyConfig, TrialContext], Any]
+ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config, ctx) -> model
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,9 @@ def register_family(
     known = set(knob_names())
     for k in cond:
         if k not in known:
-            raise ValueError(f"family {name!r} depends on {k!r}, which no earlier family declares.")
+            raise ValueError(
+                f"family {name!r} depends on {k!r}, which no earlier family declares."
+            )
     per_knob = {}
     for knob, kw in (knob_when or {}).items():
         if knob not in knobs:
@@ -290,7 +292,9 @@ def register_family(
         earlier = known | {f"{name}.{k}" for k in list(knobs)[: list(knobs).index(knob)]}
         for k in kw:
             if k not in earlier:
-                raise ValueError(f"{name}.{knob} depends on {k!r}, which is not declared before it.")
+                raise ValueError(
+                    f"{name}.{knob} depends on {k!r}, which is not declared before it."
+                )
         per_knob[knob] = _as_condition(kw)
     hooks: dict[Stage, ApplyFn] = {}
     if apply is not None:

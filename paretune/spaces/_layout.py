@@ -71,7 +71,8 @@ def attention(layer: Any, model_kind: str) -> dict[str, Any]:
 
 
 def ffn(layer: Any, model_kind: str) -> tuple[list[tuple[Any, str]], list[tuple[Any, str]]]:
-    """The MLP's (parent, attribute) Linears whose rows are neurons, and those whose columns are."""
+    """The MLP's (parent, attribute) Linears whose rows are neurons, and those whose columns
+    are."""
     if model_kind == "bert":
         return [(layer.intermediate, "dense")], [(layer.output, "dense")]
     mlp = layer.mlp

@@ -54,7 +54,7 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
         self.config = config
         for module in self.modules():
             if hasattr(module, "config") and module.config is full:
-                module.config = config
+                module.config = config  # type: ignore[assignment]
         for layer in self.bert.encoder.layer:
             shrink_attention(layer, config.num_attention_heads, config.head_dim)
         self.post_init()

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Int, Stage, TrialContext
-from paretune.spaces._base import register_family
+from paretune.spaces._base import Choice, FamilyConfig, Int, Stage, TrialContext, register_family
 
 SELECTIONS = ("first", "spread", "last")
 
@@ -24,7 +23,8 @@ class ArchConfig(FamilyConfig):
     def __post_init__(self) -> None:
         if not (isinstance(self.n_layers, int) and self.n_layers >= 0):
             raise ConfigError(
-                f"`arch.n_layers >= 0` (an integer, 0 keeps all) must hold, but got {self.n_layers}."
+                "`arch.n_layers >= 0` (an integer, 0 keeps all) must hold, "
+                f"but got {self.n_layers}."
             )
         if self.layer_selection not in SELECTIONS:
             raise ConfigError(

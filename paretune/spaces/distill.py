@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from paretune.errors import ConfigError
-from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext
-from paretune.spaces._base import register_family
+from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext, register_family
 
 # How the teacher is fine-tuned (full fine-tune); part of its cache key.
 TEACHER_RECIPE: dict[str, Any] = {"lr": 5e-4, "epochs": 3, "batch_size": 16, "warmup_ratio": 0.1}
@@ -85,7 +84,7 @@ def get_teacher(ctx: TrialContext, num_labels: int) -> Any:
     if not (path / "config.json").exists():
         _train_teacher(ctx, num_labels, path)
     auto = AutoModelForCausalLM if _causal(ctx) else AutoModelForSequenceClassification
-    teacher = auto.from_pretrained(path).to(ctx.device).eval()
+    teacher = auto.from_pretrained(path).to(ctx.device).eval()  # type: ignore[arg-type]
     for p in teacher.parameters():
         p.requires_grad = False
     _TEACHERS.clear()  # one teacher per study: keep memory flat

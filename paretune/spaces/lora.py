@@ -7,8 +7,14 @@ from typing import Any
 
 from paretune.errors import ConfigError
 from paretune.spaces import _layout
-from paretune.spaces._base import Choice, FamilyConfig, Float, Int, Stage, TrialContext
-from paretune.spaces._base import register_family
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    Float,
+    Stage,
+    TrialContext,
+    register_family,
+)
 
 TARGETS = ("qv", "attention", "all-linear")
 
@@ -21,7 +27,8 @@ _ATTENTION = {
 
 @dataclass(frozen=True)
 class LoraConfig(FamilyConfig):
-    """Low-rank adapters (DoRA: plus a trained magnitude per output). r: rank. alpha: scaling numerator (scale = alpha / r).
+    """Low-rank adapters (DoRA: plus a trained magnitude per output). r: rank.
+    alpha: scaling numerator (scale = alpha / r).
     dropout: dropout on the adapter input. targets: `qv` (query and value projections),
     `attention` (every attention projection) or `all-linear` (every linear layer but the head).
     """

@@ -53,8 +53,9 @@ def apply(model: Any, cfg: PeftConfig, ctx: TrialContext) -> Any:
 
         targets, feedforward = _IA3[_layout.kind(model)]
         config = peft.IA3Config(
-            task_type=_layout.peft_task_type(ctx), target_modules=targets,
-            feedforward_modules=feedforward,
+            task_type=_layout.peft_task_type(ctx),
+            target_modules=targets,  # type: ignore[arg-type]  # a regex or a list of names
+            feedforward_modules=feedforward,  # type: ignore[arg-type]
         )
         return peft.get_peft_model(model, config)
     return model

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext
-from paretune.spaces._base import register_family
+from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext, register_family
 
 SCHEMES = ("unstructured", "heads", "ffn")
 SCOPES = ("global", "layer")

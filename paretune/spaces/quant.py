@@ -173,7 +173,9 @@ def prepare(model: Any, cfg: QuantConfig, ctx: TrialContext) -> Any:
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise TrialFailed("quant.mode qlora needs bitsandbytes: pip install bitsandbytes") from None
+        raise TrialFailed(
+            "quant.mode qlora needs bitsandbytes: pip install bitsandbytes"
+        ) from None
     import torch
     import torch.nn as nn
 

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Float, Int, Stage, TrialContext
-from paretune.spaces._base import register_family
-
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    Float,
+    Int,
+    Stage,
+    TrialContext,
+    register_family,
+)
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,7 +45,9 @@ class TrainConfig(FamilyConfig):
         if not 0.0 < self.lr <= 1.0:
             raise ConfigError(f"`0 < train.lr <= 1` must hold, but got {self.lr}.")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ConfigError(f"`train.epochs >= 1` (an integer) must hold, but got {self.epochs}.")
+            raise ConfigError(
+                f"`train.epochs >= 1` (an integer) must hold, but got {self.epochs}."
+            )
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(
                 f"`train.batch_size >= 1` (an integer) must hold, but got {self.batch_size}."

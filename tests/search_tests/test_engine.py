@@ -38,7 +38,9 @@ def _quiet(line: str) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "gp", "random", "grid"])
-def test_every_sampler_runs_and_stores_every_metric(raw_config: dict[str, Any], sampler: str) -> None:
+def test_every_sampler_runs_and_stores_every_metric(
+    raw_config: dict[str, Any], sampler: str
+) -> None:
     raw_config["space"]["peft.method"] = "none"
     if sampler == "grid":
         raw_config["space"]["train.lr"] = [1e-3, 2e-3]
@@ -83,7 +85,8 @@ def test_front_is_exactly_the_non_dominated_completed_trials(raw_config: dict[st
 
 def test_pareto_front_mixed_directions() -> None:
     pts = [(0.9, 100.0), (0.8, 50.0), (0.85, 120.0), (0.8, 60.0), (0.95, 200.0)]
-    assert pareto_front(pts, ["maximize", "minimize"]) == [(0.9, 100.0), (0.8, 50.0), (0.95, 200.0)]
+    expected = [(0.9, 100.0), (0.8, 50.0), (0.95, 200.0)]
+    assert pareto_front(pts, ["maximize", "minimize"]) == expected
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(raw_config: dict[str, Any]) -> None:
@@ -149,7 +152,8 @@ def test_constraints_mark_infeasible_and_reach_the_sampler(raw_config: dict[str,
     done = study.get_trials(states=(COMPLETE,))
     for t in done:
         assert t.user_attrs["feasible"] == (t.user_attrs["accuracy"] >= 0.65)
-        assert t.constraints == {"accuracy >= 0.65": pytest.approx(0.65 - t.user_attrs["accuracy"])}
+        violation = pytest.approx(0.65 - t.user_attrs["accuracy"])
+        assert t.constraints == {"accuracy >= 0.65": violation}
     assert all(t.user_attrs["feasible"] for t in front_trials(study))
 
 

@@ -3,7 +3,6 @@ as it ships: trainable counts, sparsity, reloaded configs, artifact bytes, the t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,8 @@ def test_peft_trains_what_peft_counts_and_ships_loadable(
     if method == "head":
         n_labels = model.config.num_labels
         hidden = model.config.hidden_size
-        assert ctx.stats["trainable_params"] == n_labels * hidden + (n_labels if arch == "bert" else 0)
+        bias = n_labels if arch == "bert" else 0
+        assert ctx.stats["trainable_params"] == n_labels * hidden + bias
     else:
         assert counted and ctx.stats["trainable_params"] == counted[0]
         assert ctx.stats["trainable_params"] < full / 5
