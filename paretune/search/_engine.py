@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from paretune.errors import ConfigError
+from paretune.launchers._base import CANCELLED
 from paretune.search._config import Config
 from paretune.search._hypervolume import FrontTracker
 from paretune.search._space import grid_points, suggest
@@ -212,8 +213,7 @@ def run_study(
             if result.number in pending:
                 tell_result(study, pending.pop(result.number)[0], result, cfg)
         for trial, _ in pending.values():
-            reason = "cancelled: the search was interrupted (Ctrl-C) while this trial ran"
-            tell_result(study, trial, TrialResult(trial.number, "fail", error=reason), cfg)
+            tell_result(study, trial, TrialResult(trial.number, "fail", error=CANCELLED), cfg)
         raise
     finally:
         progress.close()

@@ -80,6 +80,11 @@ def check(cfg: QuantConfig, ctx: TrialContext) -> None:
         raise TrialFailed(f"quant.scheme dynamic is int8: it needs quant.bits 8, not {cfg.bits}.")
     if cfg.scheme == "nf4" and cfg.bits != 4:
         raise TrialFailed(f"quant.scheme nf4 is 4-bit: it needs quant.bits 4, not {cfg.bits}.")
+    if cfg.scheme == "dynamic" and not ctx.device.startswith("cpu"):
+        raise TrialFailed(
+            "quant.scheme dynamic runs PyTorch's int8 CPU kernels, but the trial runs on "
+            f"{ctx.device}; use quant.scheme channel or group there."
+        )
     if cfg.mode == "qlora":
         if not ctx.device.startswith("cuda"):
             raise TrialFailed(
@@ -196,6 +201,9 @@ def prepare(model: Any, cfg: QuantConfig, ctx: TrialContext) -> Any:
                 new.bias = nn.Parameter(module.bias.data.cpu(), requires_grad=False)
             parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
             setattr(parent, name.rpartition(".")[2], new.to(ctx.device))
+    # peft wraps bitsandbytes layers with its 4-bit LoRA layers (whose merge dequantizes)
+    # only when the model says it is loaded in 4 bits, as from_pretrained would have set
+    model.is_loaded_in_4bit = True
     return model
 
 
