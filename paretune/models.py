@@ -11,7 +11,8 @@ from typing import Any
 from paretune.errors import ConfigError
 
 __all__ = [
-    "ALIASES", "check_model_name", "load_base", "make_tiny_llama", "make_tiny_model", "resolve",
+    "ALIASES", "check_model_name", "load_artifact", "load_base", "make_tiny_llama",
+    "make_tiny_model", "resolve",
 ]
 
 # alias -> (PyPI distribution, path inside it, install hint); a path ending in .gguf is
@@ -109,6 +110,22 @@ def _converted(alias: str, gguf: Path, hint: str) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_artifact(directory: str | os.PathLike[str]) -> Any:
+    """Load any model directory paretune writes (a trial's artifact, ``paretune materialize``):
+    plain safetensors, packed quantized weights, a head-pruned BERT, a prompt adapter shipped
+    beside its base; a classifier or a causal LM, as it was saved."""
+    from transformers import AutoConfig
+
+    from paretune.spaces import _artifact, _pruned_bert, quant
+
+    if quant.is_quantized(directory):
+        return quant.load_quantized(directory)
+    _pruned_bert.register()  # head-pruned BERTs have their own config class
+    config = AutoConfig.from_pretrained(str(directory))
+    model = quant._auto_class(config).from_pretrained(str(directory))
+    return _artifact.attach_adapter(model.eval(), str(directory))
 
 
 _WARM: dict[tuple[str, int, int], tuple[Any, Any]] = {}

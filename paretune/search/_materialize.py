@@ -55,7 +55,7 @@ def materialize(
         recorded={k: float(v) for k, v in dict(recipe.get("metrics", {})).items()},
         measured=dict(result.metrics),
         data_fingerprint=dataset.fingerprint,
-        adapter=(out / "adapter_config.json").is_file(),
+        adapter=(out / "adapter" / "adapter_config.json").is_file(),
     )
     (out / "recipe.yaml").write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
     (out / "README.md").write_text(model_card(recipe, done))
@@ -84,6 +84,33 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _load_code(directory: Path, task_type: str) -> str:
+    """How to load this directory: plain transformers where it can, else paretune's loader
+    (packed quantized weights, a head-pruned BERT, an adapter shipped beside its base)."""
+    from paretune.spaces import _artifact, quant
+
+    config = json.loads((directory / "config.json").read_text())
+    plain = not (
+        quant.is_quantized(directory)
+        or (directory / _artifact.ADAPTER_DIR).is_dir()
+        or config.get("model_type") == "paretune_bert"
+    )
+    tokenizer = 'tokenizer = AutoTokenizer.from_pretrained("PATH")'
+    if not plain:
+        return (
+            "from transformers import AutoTokenizer\n\n"
+            "from paretune.models import load_artifact  # pip install paretune\n\n"
+            f'model = load_artifact("PATH")\n{tokenizer}'
+        )
+    auto = "AutoModelForSequenceClassification"
+    if task_type == "causal_lm":
+        auto = "AutoModelForCausalLM"
+    return (
+        f"from transformers import {auto}, AutoTokenizer\n\n"
+        f'model = {auto}.from_pretrained("PATH")\n{tokenizer}'
+    )
+
+
 def model_card(recipe: Mapping[str, Any], done: Materialized) -> str:
     """README.md: what the model is, how it was made, what it measured, how to load it."""
     import yaml
@@ -105,19 +132,7 @@ def model_card(recipe: Mapping[str, Any], done: Materialized) -> str:
     version_rows = [[k, then.get(k, "-"), here.get(k, "-")] for k in sorted({*here, *then})]
     files = sorted(p for p in done.directory.rglob("*") if p.is_file())
     file_rows = [[f"`{p.relative_to(done.directory)}`", f"{p.stat().st_size:,}"] for p in files]
-    if done.adapter:
-        load = (
-            "from peft import AutoPeftModelForSequenceClassification\n"
-            "from transformers import AutoTokenizer\n\n"
-            'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH")\n'
-            'tokenizer = AutoTokenizer.from_pretrained("PATH")'
-        )
-    else:
-        load = (
-            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-            'model = AutoModelForSequenceClassification.from_pretrained("PATH")\n'
-            'tokenizer = AutoTokenizer.from_pretrained("PATH")'
-        )
+    load = _load_code(done.directory, str(task.get("type", "classification")))
     params = yaml.safe_dump(dict(recipe.get("params", {})), sort_keys=True).rstrip()
     return f"""---
 library_name: {"peft" if done.adapter else "transformers"}

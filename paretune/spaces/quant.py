@@ -281,11 +281,32 @@ def _dynamic_int8(model: Any) -> None:
     tq.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
+def is_quantized(directory: str | os.PathLike[str]) -> bool:
+    """True if ``directory`` holds weights packed by this family."""
+    from safetensors import safe_open
+
+    path = os.path.join(str(directory), WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        return False
+    with safe_open(path, framework="pt") as f:
+        return META_KEY in (f.metadata() or {})
+
+
+def _auto_class(config: Any) -> Any:
+    """The transformers auto class an artifact's config was saved from."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    return AutoModelForCausalLM if arch.endswith("ForCausalLM") else (
+        AutoModelForSequenceClassification
+    )
+
+
 def load_quantized(directory: str | os.PathLike[str]) -> Any:
     """Rebuild a runnable model (with its adapter, if one ships) from a quantized artifact."""
     import torch
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from paretune.spaces import _artifact, _pruned_bert
 
@@ -301,7 +322,7 @@ def load_quantized(directory: str | os.PathLike[str]) -> Any:
     for name, tensor in stored.items():
         state[name] = tensor.float() if tensor.dtype == torch.float16 else tensor
     config = AutoConfig.from_pretrained(directory)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = _auto_class(config).from_config(config)
     model.load_state_dict(state, strict=True)
     if meta["scheme"] == "dynamic" and meta["bits"] == 8:
         _dynamic_int8(model)

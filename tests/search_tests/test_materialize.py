@@ -84,3 +84,45 @@ def test_materialize_refuses_a_non_empty_directory(small_study: Any, tmp_path: P
         materialize(recipe, tmp_path / "busy")
     with pytest.raises(ConfigError, match="not a recipe"):
         materialize({"model": "x"}, tmp_path / "new")
+
+
+@pytest.mark.parametrize("params", [
+    {"quant.bits": 8, "quant.scheme": "channel"},
+    {"peft.method": "prefix", "prompt.virtual_tokens": 4},
+], ids=["int8", "prefix-adapter"])
+def test_materialized_compressed_model_reloads_with_load_artifact(
+    params: dict[str, Any], raw_config: dict[str, Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Packed int8 weights and an adapter shipped beside its base: the card's loader brings
+    back the model that was measured."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from paretune import data
+    from paretune.models import load_artifact
+
+    raw_config["study"]["n_trials"] = 1
+    raw_config["space"].update({"train.epochs": 3, "peft.method": "none", **params})
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw_config))
+    storage = raw_config["study"]["storage"]
+    assert main(["run", str(config), "-q"]) == 0
+    assert main(["export", "--study", "t", "--storage", storage, "--trial", "0",
+                 "-o", str(tmp_path / "r.yaml")]) == 0
+    recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    out = tmp_path / "model"
+    assert main(["materialize", str(tmp_path / "r.yaml"), "-o", str(out), "--quiet"]) == 0
+    card = (out / "README.md").read_text()
+    assert 'model = load_artifact("PATH")' in card
+
+    model = load_artifact(out)
+    rows = data.load_task_data(recipe["task"], recipe["seed"])
+    split = data.tokenize(
+        AutoTokenizer.from_pretrained(out), rows.eval_texts, rows.eval_labels,
+        recipe["model"]["max_length"], "materialized-eval", None,
+    )
+    with torch.inference_mode():
+        logits = model(input_ids=split.input_ids, attention_mask=split.attention_mask).logits
+    accuracy = float((logits.argmax(-1) == split.labels).float().mean())
+    assert abs(accuracy - recipe["metrics"]["accuracy"]) <= 0.01
