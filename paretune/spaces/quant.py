@@ -263,6 +263,7 @@ def quantize(model: Any, cfg: QuantConfig, ctx: TrialContext) -> Any:
         from paretune.spaces import _artifact
 
         os.makedirs(directory, exist_ok=True)
+        config.architectures = [type(base).__name__]  # what load_quantized rebuilds
         config.save_pretrained(directory)
         save_file(packed, os.path.join(directory, WEIGHTS_FILE),
                   metadata={META_KEY: json.dumps(meta)})
