@@ -32,17 +32,17 @@ def latency_ms(outcome: Outcome) -> float:
         "attention_mask": mask[:, :width].to(outcome.device),
     }
     sync = torch.cuda.synchronize if outcome.device.startswith("cuda") else (lambda: None)
+    warmup = int(outcome.measure.get("latency_warmup", 2))
+    repeats = int(outcome.measure.get("latency_repeats", 10))
     times = []
     with torch.inference_mode():
-        for _ in range(int(outcome.measure.get("latency_warmup", 2)) + int(
-            outcome.measure.get("latency_repeats", 10)
-        )):
+        for _ in range(warmup + repeats):
             sync()
             start = time.perf_counter()
             outcome.model(**batch)
             sync()
             times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times[int(outcome.measure.get("latency_warmup", 2)) :])
+    return 1000.0 * statistics.median(times[warmup:])
 
 
 @register_objective("trainable_params", "minimize", tasks=ALL_TASKS)
