@@ -6,8 +6,15 @@ P trials packed per GPU (Ray ``gpus_per_trial = 1/P``, or P multiprocess workers
 
   1x1   one GPU, one trial at a time          (the baseline)
   1x4   one GPU, four packed trials           (target: >= 3.5x the trials/hour of 1x1)
+  1x8   one GPU, eight packed trials
   2x1   two GPUs, one trial each              (target: >= 1.9x 1x1; skipped on one GPU)
   2x4   two GPUs, four packed trials each
+
+``--mps on|off|both`` runs each layout with CUDA MPS (``launcher.mps: on``: the run's own
+control daemon, or the one already running), without it (``off``), or both, one after the
+other; ``--launcher both`` runs every layout through multiprocess, then Ray. Each line says
+which daemon a run used (started / reused) and whether a daemon the run started was still
+running after it (``mps_left``: it must be empty).
 
 GPU utilization is sampled from nvidia-smi every 0.5 s while a layout runs. "steady" rates
 leave out the first round of trials (each worker's cold start: imports, model load,
@@ -18,6 +25,9 @@ seed 0); ``--peft none`` makes every trial a full fine-tune.
     # on the GPU machine (real MiniLM weights; BANKING77 CSVs with columns text,category)
     python bench/gpu_scaling.py --model $PARETUNE_DEVICE_MINILM --data /path/to/banking77
     python bench/gpu_scaling.py --data DIR --layouts 1x1,1x4     # one layout set per call
+    # MPS against none, both launchers (Ray needs `device-pack --ray`, so --model random)
+    python bench/gpu_scaling.py --model random --launcher both --mps both \\
+        --layouts 1x1,1x4,1x8 --trials-per-slot 2
     # each layout prints its JSON line as soon as it ends; --trials-per-slot 2 for a
     # shorter run (a layout runs G*P*trials-per-slot trials)
     # random-init model of the same shape (hidden 384, 6 layers, 12 heads, 1536 ffn)
@@ -46,7 +56,7 @@ from typing import Any
 
 SPACE = {
     # every compression family off: the benchmark measures fine-tuning throughput
-    "distill.enabled": False, "arch.n_layers": 0, "prune.ratio": 0.0, "quant.bits": 32,
+    "distill.enabled": False, "arch.n_layers": 0, "prune.ratio": 0.0, "quant.format": "fp32",
     "train.warmup_ratio": 0.0, "train.scheduler": "linear",
     "train.lr": {"low": 5e-5, "high": 5e-4, "log": True},
     "train.epochs": 1,
@@ -110,7 +120,9 @@ def make_model(kind: str, tmp: Path, train_csv: Path) -> str:
 
 
 def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
-               gpus: list[str]) -> dict[str, Any]:
+               gpus: list[str], kind: str, mps: str) -> dict[str, Any]:
+    from paretune.launchers import make_launcher
+    from paretune.launchers._mps import running_daemons
     from paretune.search import parse_config, run_study
 
     n_gpus, per_gpu = (int(x) for x in layout.split("x"))
@@ -119,11 +131,12 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
     used = gpus[:n_gpus]
     cpus = os.cpu_count() or 1
     cpus_per_trial = max(1, cpus // slots) if on_gpu else 1
-    launcher: dict[str, Any] = {"type": args.launcher, "device": "cuda" if on_gpu else "cpu"}
+    launcher: dict[str, Any] = {"type": kind, "device": "cuda" if on_gpu else "cpu", "mps": mps}
+    name = f"{kind}-{layout}-mps-{mps}"
     saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if on_gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(used)
-    if args.launcher == "ray":
+    if kind == "ray":
         import ray
 
         # CPU check: P*G logical CPU slots stand in for the packed GPU slots
@@ -135,10 +148,10 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
         launcher.update(max_concurrent=slots, workers=slots)
     n_trials = args.trials_per_slot * slots
     raw = {
-        "study": {"name": f"scaling-{layout}", "storage": f"sqlite:///{tmp / (layout + '.db')}",
+        "study": {"name": f"scaling-{name}", "storage": f"sqlite:///{tmp / (name + '.db')}",
                   "n_trials": n_trials, "seed": 0, "sampler": "random",
                   "objectives": {"accuracy": "maximize", "size_mb": "minimize"},
-                  "cache_dir": str(tmp / f"cache-{layout}")},
+                  "cache_dir": str(tmp / f"cache-{name}")},
         "model": {"name": model, "max_length": args.max_length},
         "task": {"dataset": str(Path(args.data) / "train.csv"),
                  "eval_split": str(Path(args.data) / "test.csv"),
@@ -150,15 +163,20 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
         "measure": {"latency_repeats": 5, "latency_warmup": 2},
     }
     cfg = parse_config(raw)
+    daemons_before = {pid for pid, _ in running_daemons()}
     sampler = GpuSampler()
     sampler.start()
     start = time.time()
     try:
-        study = run_study(cfg, log=lambda line: print(f"  [{layout}] {line}", flush=True))
+        runner = make_launcher(kind, **cfg.launcher.options())  # starts the MPS daemon
+        states = getattr(getattr(runner, "_mps", None), "states", [])
+        mps_used = ",".join(s.action for s in states) or "-"  # started, reused or none
+        study = run_study(cfg, launcher=runner,
+                          log=lambda line: print(f"  [{name}] {line}", flush=True))
     finally:
         wall = time.time() - start
         sampler.stop()
-        if args.launcher == "ray":
+        if kind == "ray":
             import ray
 
             ray.shutdown()
@@ -177,8 +195,10 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
     # nvidia-smi lists every GPU of the machine: keep the ones this layout used
     util = {i: statistics.fmean(v) for i, v in sampler.util.items() if v and str(i) in used}
     mem = {i: max(v) for i, v in sampler.mem.items() if v and str(i) in used}
+    left = sorted({pid for pid, _ in running_daemons()} - daemons_before)
     return {
-        "layout": layout, "launcher": args.launcher, "device": "gpu" if on_gpu else "cpu",
+        "layout": layout, "launcher": kind, "mps": mps, "mps_daemon": mps_used,
+        "mps_left": left, "device": "gpu" if on_gpu else "cpu",
         "trials": n_trials, "completed": len(done), "failed": len(failed),
         "errors": failed[:3], "wall_s": round(wall, 1),
         "trials_per_hour": round(len(done) / wall * 3600, 1),
@@ -188,29 +208,46 @@ def run_layout(args: argparse.Namespace, layout: str, model: str, tmp: Path,
     }
 
 
+def _ratio(r: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+    return r[key] / base[key] if r[key] and base[key] else None
+
+
 def report(results: list[dict[str, Any]]) -> None:
-    print("\n| layout | launcher | trials done/failed | wall s | trials/hour (wall) | warm "
-          "trials/hour | mean GPU util % (per GPU) | peak GPU MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| layout | launcher | MPS (daemon) | trials done/failed | wall s | trials/hour "
+          "(wall) | warm trials/hour | mean GPU util % (per GPU) | peak GPU MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['layout']} | {r['launcher']} | {r['completed']}/{r['failed']} | "
-              f"{r['wall_s']} | {r['trials_per_hour']} | {r['steady_trials_per_hour']} | "
-              f"{r['gpu_util_mean'] or 'n/a'} | {r['gpu_mem_peak_mib'] or 'n/a'} |")
-    base = next((r for r in results if r["layout"] == "1x1"), None)
-    if base is None:
-        return
-    for layout, target in (("1x4", 3.5), ("2x1", 1.9), ("2x4", None)):
-        found = [x for x in results if x["layout"] == layout]
-        if not found:
-            continue
-        r = found[0]
-        for key in ("trials_per_hour", "steady_trials_per_hour"):
-            if r[key] and base[key]:
-                ratio = r[key] / base[key]
-                verdict = ""
-                if target is not None:
-                    verdict = f" (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
-                print(f"{layout} / 1x1 {key}: {ratio:.2f}x{verdict}")
+        print(f"| {r['layout']} | {r['launcher']} | {r['mps']} ({r['mps_daemon']}) | "
+              f"{r['completed']}/{r['failed']} | {r['wall_s']} | {r['trials_per_hour']} | "
+              f"{r['steady_trials_per_hour']} | {r['gpu_util_mean'] or 'n/a'} | "
+              f"{r['gpu_mem_peak_mib'] or 'n/a'} |")
+    left = [(r["launcher"], r["layout"], r["mps_left"]) for r in results if r["mps_left"]]
+    print(f"MPS daemons left running by a run: {left or 'none'}")
+    targets = {"1x4": 3.5, "2x1": 1.9}
+    for kind in dict.fromkeys(r["launcher"] for r in results):
+        mine = [r for r in results if r["launcher"] == kind]
+        off = next((r for r in mine if r["layout"] == "1x1" and r["mps"] == "off"), None)
+        for mps in dict.fromkeys(r["mps"] for r in mine):
+            base = next((r for r in mine if r["layout"] == "1x1" and r["mps"] == mps), None)
+            for r in (r for r in mine if r["mps"] == mps and r["layout"] != "1x1"):
+                # against 1x1 of the same setting, and against 1x1 without MPS
+                baselines = [b for b in (base, off) if b is not None]
+                for against in baselines[:1] if base is off else baselines:
+                    for key in ("trials_per_hour", "steady_trials_per_hour"):
+                        ratio = _ratio(r, against, key)
+                        if ratio is None:
+                            continue
+                        target = targets.get(r["layout"])
+                        verdict = "" if target is None else (
+                            f" (target >= {target}: {'met' if ratio >= target else 'NOT met'})")
+                        print(f"{kind} {r['layout']} mps {mps} / 1x1 mps {against['mps']} "
+                              f"{key}: {ratio:.2f}x{verdict}")
+        for r in (r for r in mine if r["mps"] == "on"):  # the gain from MPS, layout by layout
+            same = next((x for x in mine if x["layout"] == r["layout"] and x["mps"] == "off"),
+                        None)
+            ratio = _ratio(r, same, "steady_trials_per_hour") if same else None
+            if ratio is not None:
+                print(f"{kind} {r['layout']} warm trials/hour, MPS on / off: {ratio:.2f}x")
 
 
 def main() -> None:
@@ -223,7 +260,11 @@ def main() -> None:
     parser.add_argument("--layouts", default="1x1,1x4,2x1,2x4",
                         help="GxP: G GPUs, P trials per GPU (layouts needing more GPUs "
                              "than the machine has are skipped)")
-    parser.add_argument("--launcher", default="ray", choices=("ray", "multiprocess"))
+    parser.add_argument("--launcher", default="ray", choices=("ray", "multiprocess", "both"),
+                        help="both: every layout through multiprocess, then through Ray")
+    parser.add_argument("--mps", default="off", choices=("on", "off", "both"),
+                        help="CUDA MPS (launcher.mps on / off); both: each layout without, "
+                             "then with it")
     parser.add_argument("--trials-per-slot", type=int, default=3,
                         help="trials per concurrent slot (a layout runs G*P*this trials)")
     parser.add_argument("--max-train-rows", type=int, default=None)
@@ -239,22 +280,29 @@ def main() -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = ([g for g in visible.split(",") if g] if visible else
             [str(i) for i in range(n_gpu)])[:n_gpu]
+    kinds = ["multiprocess", "ray"] if args.launcher == "both" else [args.launcher]
+    settings = ["off", "on"] if args.mps == "both" else [args.mps]
     print(f"{len(gpus)} GPU(s) {gpus}; {os.cpu_count()} CPU cores; launcher {args.launcher}; "
-          f"model {args.model}; data {args.data}", flush=True)
+          f"MPS {args.mps}; model {args.model}; data {args.data}", flush=True)
     if not gpus:
         print("no GPU: a CPU plumbing check, not GPU figures (G x P = CPU slots)", flush=True)
+        if "on" in settings:
+            print("no GPU: MPS 'on' runs are skipped", flush=True)
+            settings = [m for m in settings if m != "on"] or ["off"]
     results = []
     with tempfile.TemporaryDirectory(prefix="paretune-scaling-") as tmp_name:
         tmp = Path(tmp_name)
         model = make_model(args.model, tmp, Path(args.data) / "train.csv")
-        for layout in args.layouts.split(","):
-            n_gpus = int(layout.split("x")[0])
-            if gpus and n_gpus > len(gpus):
-                print(f"skip {layout}: needs {n_gpus} GPUs", flush=True)
-                continue
-            result = run_layout(args, layout, model, tmp, gpus)
-            results.append(result)
-            print(json.dumps(result), flush=True)  # each layout's figures as soon as known
+        for kind in kinds:
+            for layout in args.layouts.split(","):
+                n_gpus = int(layout.split("x")[0])
+                if gpus and n_gpus > len(gpus):
+                    print(f"skip {layout}: needs {n_gpus} GPUs", flush=True)
+                    continue
+                for mps in settings:  # off and on back to back: the same machine state
+                    result = run_layout(args, layout, model, tmp, gpus, kind, mps)
+                    results.append(result)
+                    print(json.dumps(result), flush=True)  # each run's figures at once
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -136,9 +136,11 @@ def main() -> None:
                         help="SQLite with its default journal (as before paretune set WAL)")
     args = parser.parse_args()
     if args.no_wal:
-        from paretune.search import _engine
+        import sqlite3
 
-        _engine.driver_storage = lambda url: url  # type: ignore[assignment]
+        from paretune.search import _storage
+
+        _storage._WalConnection = sqlite3.Connection  # type: ignore[misc]
 
     import ray
 

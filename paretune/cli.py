@@ -54,14 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True,
                         help="recipe file to write (a directory with --front)")
 
-    plot = sub.add_parser("plot", help="plot a study to .png or .html (optuna.visualization)")
+    plot = sub.add_parser("plot", help="plot a study to .html, .png, .pdf or .svg "
+                          "(optuna.visualization; images need no browser)")
     storage_args(plot)
     plot.add_argument("--kind", required=True, choices=PLOT_KINDS,
                       help="pareto: 2-D/3-D front; hypervolume: its recorded history; "
                       "importance: knob importance per objective; history: values per trial")
     plot.add_argument("--target", action="append", default=[], metavar="METRIC",
                       help="plot this metric instead of the objectives (repeat for several)")
-    plot.add_argument("-o", "--output", required=True, help="file to write: .png or .html")
+    plot.add_argument("-o", "--output", required=True,
+                      help="file to write: .html (interactive), .png, .pdf or .svg")
 
     mat = sub.add_parser("materialize", help="rebuild a recipe's model into a directory that "
                          "loads with transformers, with its tokenizer and a model card")
@@ -93,8 +95,10 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def print_front(study: Any) -> None:
+    from paretune.data import describe_eval
     from paretune.objectives import objectives
     from paretune.search import front_trials
+    from paretune.search._summary import effective_params, format_params
 
     front = front_trials(study)
     chosen = list(study.user_attrs.get("paretune.objectives", {}))
@@ -102,16 +106,13 @@ def print_front(study: Any) -> None:
     names = [n for n in names if any(n in t.user_attrs for t in front)]
     rows = []
     for t in front:
-        params = t.user_attrs.get("params", t.params)
-        searched = {k: v for k, v in params.items() if k in t.params}
-        knobs = " ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()
-        )
-        rows.append([str(t.number), *_metrics_of(t, names), knobs])
+        settings = effective_params(t.user_attrs.get("params", t.params))
+        rows.append([str(t.number), *_metrics_of(t, names), format_params(settings)])
     print(f"Pareto front of study {study.study_name!r}: {len(front)} of "
           f"{len(study.trials)} trials (objectives: {', '.join(chosen)})")
-    print(_table(rows, ["trial", *names, "params"]))
+    print(_table(rows, ["trial", *names, "settings (knobs away from their default)"]))
     print(hypervolume_line(study, [t.values for t in front]))
+    print(describe_eval(study.user_attrs.get("paretune.context")))
 
 
 def hypervolume_line(study: Any, front: Sequence[Sequence[float]]) -> str:
@@ -132,42 +133,92 @@ def hypervolume_line(study: Any, front: Sequence[Sequence[float]]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from paretune.search import is_recipe, load_config, read_yaml, replay_recipe, run_study
+    from paretune.search import is_recipe, load_config, read_yaml, run_study
 
     raw = read_yaml(args.config)
     if is_recipe(raw):
         if args.overrides:
             raise ConfigError("a recipe replays as written; overrides are for study configs.")
-        result = replay_recipe(raw)
-        if result.state != "complete":
-            print(f"replay of trial {raw.get('trial')} FAILED: {result.error}", file=sys.stderr)
-            return 1
-        print(_table(
-            [[k, f"{raw.get('metrics', {}).get(k, float('nan')):.4g}", f"{v:.4g}"]
-             for k, v in result.metrics.items()],
-            ["metric", "recorded", "replayed"],
-        ))
-        return 0
+        return _replay(raw, quiet=args.quiet)
     cfg = load_config(raw, args.overrides)
     study = run_study(cfg, quiet=args.quiet)
     print_front(study)
-    print(f"study {cfg.study.name!r} is stored in {cfg.study.storage}")
+    print(f"study {cfg.study.name!r} is stored in {_masked(cfg.study.storage)}")
+    return _outcome(study)
+
+
+def _masked(url: str) -> str:
+    from paretune.search._storage import mask_url
+
+    return mask_url(url)
+
+
+def _outcome(study: Any) -> int:
+    """1, with the most common failure reason, when the study has no completed trial."""
+    import collections
+
+    import optuna
+
+    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return 0
+    errors = collections.Counter(
+        str(t.user_attrs.get("error", "no reason recorded")) for t in study.trials
+    )
+    if errors:
+        (reason, count), = errors.most_common(1)
+        why = f"; {count} of {len(study.trials)} failed with: {reason}"
+    else:
+        why = ""
+    print(f"paretune: error: study {study.study_name!r} has no completed trial{why}",
+          file=sys.stderr)
+    return 1
+
+
+def _replay(recipe: dict[str, Any], quiet: bool) -> int:
+    """Run a recipe's trial again, with training progress, and compare its metrics."""
+    from paretune.search._config import parse_space
+    from paretune.search._recipe import recipe_spec
+    from paretune.trial import run_trial
+
+    params = recipe.get("params")
+    if not isinstance(params, dict):
+        raise ConfigError("recipe 'params' must map knob names to values, as paretune export "
+                          "writes it.")
+    try:
+        parse_space(dict(params))  # unknown knobs and values a family refuses, before loading
+    except ConfigError as exc:
+        raise ConfigError(f"recipe: {str(exc).replace('space.', 'params.')}") from None
+    spec = recipe_spec(recipe, progress=not quiet)
+    if not quiet:
+        print(f"paretune: replaying trial {recipe.get('trial')} of study "
+              f"{recipe.get('study')!r}", file=sys.stderr)
+    result = run_trial(spec)
+    if result.state != "complete":
+        print(f"replay of trial {recipe.get('trial')} FAILED: {result.error}", file=sys.stderr)
+        return 1
+    print(_table(
+        [[k, f"{recipe.get('metrics', {}).get(k, float('nan')):.4g}", f"{v:.4g}"]
+         for k, v in result.metrics.items()],
+        ["metric", "recorded", "replayed"],
+    ))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from paretune.search import load_config, run_study
+    from paretune.search._engine import resolved_device
 
     cfg = load_config(str(DEMO_CONFIG), args.overrides)
     if not args.quiet:
         print(f"paretune demo: {cfg.study.n_trials} trials of all-MiniLM-L6-v2 on BBC News "
               f"({cfg.task.max_train_rows} train / {cfg.task.max_eval_rows} eval articles), on "
-              f"{cfg.launcher.device}", file=sys.stderr)
+              f"{resolved_device(cfg)}", file=sys.stderr)
     study = run_study(cfg, quiet=args.quiet)
     print_front(study)
-    print(f"study {cfg.study.name!r} is stored in {cfg.study.storage}; next: "
-          f"paretune front --study {cfg.study.name} --storage {cfg.study.storage}")
-    return 0
+    storage = _masked(cfg.study.storage)
+    print(f"study {cfg.study.name!r} is stored in {storage}; next: "
+          f"paretune front --study {cfg.study.name} --storage {storage}")
+    return _outcome(study)
 
 
 def cmd_front(args: argparse.Namespace) -> int:
@@ -175,6 +226,14 @@ def cmd_front(args: argparse.Namespace) -> int:
 
     print_front(load_study(args.study, args.storage))
     return 0
+
+
+def _write_text(path: Path, text: str, flag: str = "-o") -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {str(path)!r} cannot be written: {exc.strerror or exc}."
+                          ) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -192,27 +251,63 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"-o {args.output!r} is a file; --front writes a directory.")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"-o {args.output!r} cannot be created: {exc.strerror or exc}."
+                              ) from None
         for t in front:
             path = out / f"trial-{t.number}.yaml"
-            path.write_text(yaml.safe_dump(make_recipe(study, t), sort_keys=False))
+            _write_text(path, yaml.safe_dump(make_recipe(study, t), sort_keys=False))
             print(path)
         print(f"wrote {len(front)} recipes, one per Pareto-optimal trial, to {out}",
               file=sys.stderr)
         return 0
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {args.output!r} is a directory; give a file, e.g. "
+                          f"{out / 'recipe.yaml'}.")
+    if not out.parent.is_dir():
+        raise ConfigError(f"-o {args.output!r}: the directory {str(out.parent)!r} does not "
+                          "exist.")
     trial = pick_trial(study, trial=args.trial, pick=args.pick)
     recipe = make_recipe(study, trial)
-    Path(args.output).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    _write_text(out, yaml.safe_dump(recipe, sort_keys=False))
     print(f"wrote recipe of trial {trial.number} to {args.output}")
+    if args.trial is None and (args.pick or "knee") == "knee":
+        print(knee_reason(study, trial), file=sys.stderr)
     return 0
+
+
+def knee_reason(study: Any, chosen: Any) -> str:
+    """Which point the knee is, and why: its distance, and how a tie was broken."""
+    from paretune.search import front_trials
+    from paretune.search._front import knee_explained
+    from paretune.search._recipe import quality_index
+
+    front = front_trials(study)
+    directions = [d.name.lower() for d in study.directions]
+    prefer = quality_index(study)
+    point, distance, tied = knee_explained(front, directions, lambda t: t.values, prefer)
+    names = list(study.user_attrs.get("paretune.objectives", {})) or study.metric_names or []
+    text = (
+        f"knee: trial {point.number} of {len(front)} on the front, the closest to the ideal "
+        f"point (the best value of each objective) once each objective is scaled to the "
+        f"front's range (distance {distance:.3g})"
+    )
+    if tied:
+        others = ", ".join(str(t.number) for t in tied)
+        text += (f"; trial {others} {'is' if len(tied) == 1 else 'are'} as close, the tie "
+                 f"goes to the better {names[prefer] if names else 'first objective'}")
+    return text + "."
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from paretune.search import load_study
-    from paretune.search._plots import make_figure, write_figure
+    from paretune.search._plots import write_plot
 
     study = load_study(args.study, args.storage)
-    write_figure(make_figure(study, args.kind, args.target), args.output)
+    write_plot(study, args.kind, args.target, args.output)
     print(f"wrote the {args.kind} plot of study {args.study!r} to {args.output}")
     return 0
 
@@ -266,11 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("PARETUNE_DEBUG"):
             traceback.print_exc()
         print(f"paretune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("paretune: interrupted; completed trials are stored, re-run to resume.",
+        return 2 if isinstance(exc, ConfigError) else 1  # 2: the input; 1: the run failed
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if str(exc) == "SIGTERM" else "interrupted"
+        print(f"paretune: {how}; completed trials are stored, re-run to resume.",
               file=sys.stderr)
-        return 130
+        return 143 if how.startswith("stopped") else 130
 
 
 if __name__ == "__main__":

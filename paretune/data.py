@@ -1,14 +1,26 @@
-"""Task data: built-in aliases, local files, Hugging Face datasets; split, fingerprinted,
-tokenized once and cached (in the process and on disk) across trials."""
+"""Task data: built-in aliases, local files, Hugging Face datasets; checked, cleaned, split,
+fingerprinted, tokenized once and cached (in the process and on disk) across trials.
+
+``load_task_data`` is the one place rows become a ``Dataset``: the driver calls it (through
+``check_task``) before the study starts, so every mistake in the data is a ``ConfigError``
+there, and every trial calls it again and gets the same cleaned rows.
+"""
 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import importlib.metadata
 import json
+import logging
+import math
 import os
 import random
+import re
+import sys
+import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +28,32 @@ from typing import Any
 
 from paretune.errors import ConfigError
 
-__all__ = ["Dataset", "TokenizedSplit", "load_task_data", "tokenize", "read_columns"]
+__all__ = [
+    "Dataset", "TokenizedSplit", "check_task", "describe_eval", "load_task_data",
+    "local_path", "task_columns", "tokenize",
+]
 
 BUILTIN_DATASETS = ("bbc", "pydoc")
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+ON_BAD_ROWS = ("drop", "error")
+# the largest class has this many times the rows of the smallest: worth a warning
+IMBALANCE_RATIO = 3.0
+_FILE_LIKE = re.compile(r"\.[A-Za-z][A-Za-z0-9]{1,7}$")  # ".cvs", ".txt"; not "-3.1-8B"
+
+_log = logging.getLogger(__name__)
+
+Rows = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A task's rows after loading and splitting; ``fingerprint`` hashes all of them.
+    """A task's rows after loading, cleaning and splitting; ``fingerprint`` hashes all of them.
 
-    Classification: ``*_labels`` are class ids. Causal LM: labels are empty; ``*_texts`` are
-    the text to model, or the responses when the task has a prompt column (``*_prompts``,
-    which condition the model but carry no loss).
+    Classification: ``*_labels`` are class ids, indexes into ``label_names`` (the classes of
+    the training rows). Causal LM: labels are empty; ``*_texts`` are the text to model, or the
+    responses when the task has a prompt column (``*_prompts``, which condition the model but
+    carry no loss). ``notes`` are the warnings about the data (rows dropped, imbalance);
+    ``eval_origin`` says where the eval rows came from.
     """
 
     train_texts: list[str]
@@ -39,6 +64,8 @@ class Dataset:
     fingerprint: str
     train_prompts: list[str] | None = None
     eval_prompts: list[str] | None = None
+    notes: tuple[str, ...] = ()
+    eval_origin: str = ""
 
 
 @dataclass
@@ -51,8 +78,50 @@ class TokenizedSplit:
         return int(self.labels.shape[0])
 
 
-def _is_file(dataset: str) -> bool:
-    return dataset.lower().endswith(FILE_SUFFIXES) or os.sep in dataset and Path(dataset).exists()
+def looks_local(value: str) -> bool:
+    """A value the user means as a local path, never a hub name: it exists, starts like a
+    path (``/``, ``.``, ``~``), has a backslash or more than one ``/`` (hub names are
+    ``name`` or ``owner/name``), or ends in a file-like suffix (``data.cvs``)."""
+    if value in BUILTIN_DATASETS:
+        return False
+    if value.startswith(("/", ".", "~")) or "\\" in value or value.count("/") > 1:
+        return True
+    return bool(_FILE_LIKE.search(value)) or Path(value).exists()
+
+
+def local_path(value: str, key: str, *, must_exist: bool = True) -> str | None:
+    """The absolute path of a local-looking ``value`` (None for a hub name or a built-in).
+
+    With ``must_exist``, a local-looking path that is not a data file is a one-line error
+    naming ``key``, with the closest file name in that directory where there is one.
+    """
+    if not looks_local(value):
+        return None
+    path = Path(value).expanduser()
+    if must_exist:
+        _check_file(value, path, key)
+    return os.path.abspath(path)
+
+
+def _check_file(value: str, path: Path, key: str) -> None:
+    suffixes = ", ".join(FILE_SUFFIXES)
+    if path.is_dir():
+        raise ConfigError(f"{key} {value!r} is a directory; give a {suffixes} file.")
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            names = [p.name for p in path.parent.iterdir() if p.is_file()]
+            close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+            hint = f" Did you mean {str(path.with_name(close[0]))!r}?" if close else ""
+        raise ConfigError(
+            f"{key} {value!r} is a local path that does not exist; give an existing "
+            f"{suffixes} file (a Hugging Face dataset name has no file suffix).{hint}"
+        )
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise ConfigError(
+            f"{key} {value!r} must end in one of {suffixes}, but ends in "
+            f"{path.suffix or 'no suffix'}; rename it to the format it holds."
+        )
 
 
 def _bbc_root() -> Path:
@@ -87,72 +156,118 @@ def _pydoc() -> list[dict[str, str]]:
     ]
 
 
-def _read_file(path: str) -> list[dict[str, Any]]:
+def _read_csv(path: Path, where: str) -> list[dict[str, Any]]:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column name
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh)
+        rows: list[dict[str, Any]] = []
+        try:
+            header = next(reader, [])
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line
+                if len(fields) > len(header):
+                    raise ConfigError(
+                        f"{where} line {reader.line_num} has {len(fields)} fields, but the "
+                        f"header has {len(header)}; quote fields that contain commas."
+                    )
+                # a short row's missing fields are None: empty values, see on_bad_rows
+                missing: list[Any] = [None] * (len(header) - len(fields))
+                rows.append(dict(zip(header, fields + missing)))
+        except csv.Error as exc:
+            raise ConfigError(f"{where} line {reader.line_num} is not valid CSV: {exc}.") from None
+    return rows
+
+
+def _read_json(path: Path, where: str) -> list[dict[str, Any]]:
+    """JSON Lines (one object per line); a ``.json`` file may instead hold one array."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}."
+            ) from None
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ConfigError(
+                    f"{where} item {i} of its array is {type(item).__name__}, not an object; "
+                    "give an array of objects, one per row."
+                )
+        return list(items)
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where} line {n} is not valid JSON ({exc.msg}, column {exc.colno}); "
+                "give one JSON object per line."
+            ) from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{where} line {n} is {type(row).__name__}, not a JSON object; "
+                "give one object per line, like {\"text\": ..., \"label\": ...}."
+            )
+        rows.append(row)
+    return rows
+
+
+def _read_file(path: str, key: str) -> list[dict[str, Any]]:
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"task.dataset file {path!r} does not exist; give an existing path.")
+    _check_file(path, p, key)
+    where = f"{key} {path!r}"
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8", errors="replace") as fh:
-            return list(csv.DictReader(fh))
+        return _read_csv(p, where)
     if suffix in (".jsonl", ".json"):
-        with p.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError(
-                f"task.dataset {path!r} is parquet, which needs pyarrow: pip install pyarrow"
-            ) from None
-        return pq.read_table(p).to_pylist()  # type: ignore[no-any-return]
-    raise ConfigError(
-        f"task.dataset {path!r} must end in one of {', '.join(FILE_SUFFIXES)}."
-    )
+        return _read_json(p, where)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(
+            f"{where} is parquet, which needs pyarrow: pip install pyarrow"
+        ) from None
+    return pq.read_table(p).to_pylist()  # type: ignore[no-any-return]
 
 
-def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
+def _read_hub(name: str, split: str, key: str) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
         raise ConfigError(
-            f"task.dataset {name!r} is read from the Hugging Face hub, which needs the "
-            "datasets package: pip install datasets (or give a local .csv/.jsonl/.parquet)"
+            f"task.dataset {name!r} is not a local file, so it is read from the Hugging Face "
+            "hub, which needs the datasets package: pip install datasets (or give a local "
+            ".csv/.jsonl/.json/.parquet path)"
         ) from None
-    return list(datasets.load_dataset(name, split=split))
+    try:
+        return list(datasets.load_dataset(name, split=split))
+    except Exception as exc:  # not found, no network, unknown split: all the user's to fix
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"{key} {split if key == 'task.eval_split' else name!r} could not be read from the "
+            f"Hugging Face hub dataset {name!r}: {type(exc).__name__}: {first}"
+        ) from None
 
 
 def read_rows(task: Mapping[str, Any], which: str = "train") -> list[dict[str, Any]]:
     """Rows of the task's dataset (``which='eval'`` reads a separate eval file or split)."""
     dataset = str(task["dataset"])
     if which == "eval":
-        source = task["eval_split"]
-        if _is_file(str(source)):
-            return _read_file(str(source))
-        return _read_hub(dataset, str(source))
+        source = str(task["eval_split"])
+        if looks_local(source):
+            return _read_file(source, "task.eval_split")
+        return _read_hub(dataset, source, "task.eval_split")
     if dataset == "bbc":
         return _bbc()
     if dataset == "pydoc":
         return _pydoc()
-    if _is_file(dataset):
-        return _read_file(dataset)
-    return _read_hub(dataset, "train")
-
-
-def read_columns(task: Mapping[str, Any]) -> set[str] | None:
-    """Column names of a local or built-in dataset; None where only the hub would tell."""
-    dataset = str(task["dataset"])
-    if dataset == "bbc":
-        _bbc_root()  # fails fast, with what to install, where the corpus is missing
-        return {"text", "label"}
-    if dataset in BUILTIN_DATASETS:
-        return {"text", "label"}
-    if not _is_file(dataset):
-        return None
-    rows = read_rows(task)
-    if not rows:
-        raise ConfigError(f"task.dataset {dataset!r} has no rows; give a file with data in it.")
-    return set(rows[0])
+    if looks_local(dataset):
+        return _read_file(dataset, "task.dataset")
+    return _read_hub(dataset, "train", "task.dataset")
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -171,50 +286,262 @@ def task_columns(task: Mapping[str, Any]) -> dict[str, str]:
     return {"text_column": task["text_column"], "label_column": task["label_column"]}
 
 
+def _where(task: Mapping[str, Any], which: str) -> str:
+    if which == "train" or isinstance(task["eval_split"], float):
+        return f"task.dataset {task['dataset']!r}"
+    if looks_local(str(task["eval_split"])):
+        return f"the eval file task.eval_split {task['eval_split']!r}"
+    return f"split {task['eval_split']!r} of task.dataset {task['dataset']!r}"
+
+
+def _require_columns(rows: list[dict[str, Any]], columns: Mapping[str, str], where: str) -> None:
+    if not rows:
+        raise ConfigError(f"{where} has no rows; give a file with data in it.")
+    present: set[str] = set()
+    for row in rows:
+        present.update(row)
+    for key, col in columns.items():
+        if col not in present:
+            raise ConfigError(
+                f"task.{key} {col!r} is not a column of {where}; its columns are "
+                f"{sorted(present)}."
+            )
+
+
+def _is_empty(value: Any) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def _drop_empty(
+    rows: list[dict[str, Any]], columns: Mapping[str, str], where: str, policy: str,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """Rows whose text, label or prompt is missing or blank are dropped (with a note) or,
+    with ``on_bad_rows: error``, refused: a blank label would become a class of its own."""
+    bad = {
+        i for i, row in enumerate(rows, 1) if any(_is_empty(row.get(c)) for c in columns.values())
+    }
+    if not bad:
+        return rows
+    kept = [row for i, row in enumerate(rows, 1) if i not in bad]
+    empty = Counter(col for row in rows for col in columns.values() if _is_empty(row.get(col)))
+    what = ", ".join(f"{n} with an empty {col!r}" for col, n in sorted(empty.items()))
+    if policy == "error":
+        raise ConfigError(
+            f"{where} has {len(bad)} rows with empty values ({what}; the first is data row "
+            f"{min(bad)}); fill or remove them, or set task.on_bad_rows: drop."
+        )
+    notes.append(
+        f"{where}: dropped {len(bad)} of {len(rows)} rows with empty values "
+        f"({what}) (task.on_bad_rows: drop)."
+    )
+    return kept
+
+
+def _label(value: Any) -> str:
+    return str(value)
+
+
+def _refuse_id_column(rows: list[dict[str, Any]], column: str, where: str) -> None:
+    """One class, or about one class per row, is not a classification task."""
+    classes = Counter(_label(r[column]) for r in rows)
+    if len(classes) < 2:
+        only = next(iter(classes), "")
+        raise ConfigError(
+            f"task.label_column {column!r} has a single class ({only!r}) in the {len(rows)} "
+            f"rows of {where}; a classifier needs 2 or more: name the column that holds the "
+            "classes."
+        )
+    if 2 * len(classes) > len(rows):
+        raise ConfigError(
+            f"task.label_column {column!r} has {len(classes)} distinct values in the "
+            f"{len(rows)} rows of {where} (fewer than 2 rows per class): it looks like an ID "
+            "column, not a label; name the column that holds the classes."
+        )
+
+
+def _listing(counts: Counter[str], limit: int = 10) -> str:
+    items = [f"{name!r} ({n})" for name, n in counts.most_common(limit)]
+    more = len(counts) - limit
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def _drop_unseen(
+    rows: list[dict[str, Any]], column: str, classes: set[str], where: str, policy: str,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """Eval rows whose label the training rows never show: no model can get them right."""
+    unseen = Counter(_label(r[column]) for r in rows if _label(r[column]) not in classes)
+    if not unseen:
+        return rows
+    n = sum(unseen.values())
+    if policy == "error":
+        raise ConfigError(
+            f"{where} has {n} eval rows whose label never occurs in the training rows: "
+            f"{_listing(unseen)}; add training rows for them, remove those eval rows, or set "
+            "task.on_bad_rows: drop."
+        )
+    notes.append(
+        f"{where}: dropped {n} of {len(rows)} eval rows whose label never occurs in the "
+        f"training rows: {_listing(unseen)} (task.on_bad_rows: drop)."
+    )
+    return [r for r in rows if _label(r[column]) in classes]
+
+
+def _imbalance(train: Counter[str], eval_: Counter[str], column: str) -> str | None:
+    (big, n_big), (small, n_small) = train.most_common()[0], train.most_common()[-1]
+    if n_big < IMBALANCE_RATIO * n_small:
+        return None
+    baseline = eval_.get(big, 0) / max(1, sum(eval_.values()))
+    return (
+        f"task.label_column {column!r} is imbalanced: of {sum(train.values())} training rows, "
+        f"class {big!r} has {n_big} and class {small!r} {n_small}; always predicting {big!r} "
+        f"scores accuracy {baseline:.2f} on the eval rows: consider macro_f1 in "
+        "study.objectives."
+    )
+
+
 def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
-    """Load, split and subsample the task's rows; the same task and seed give the same rows."""
+    """Load, check, clean, split and subsample the task's rows.
+
+    Deterministic: the same task and seed give the same rows, in the driver and in every
+    trial. Every mistake in the data is a one-line ``ConfigError``; rows dropped under
+    ``task.on_bad_rows: drop`` and a class imbalance are described in ``Dataset.notes``.
+    """
     key = _fingerprint(dict(task), seed)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    rows = read_rows(task)
-    split = task["eval_split"]
-    if isinstance(split, float):
-        rng = random.Random(seed)
-        rows = list(rows)
-        rng.shuffle(rows)
-        n_eval = max(1, int(round(len(rows) * split)))
-        train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
-    else:
-        train_rows, eval_rows = rows, read_rows(task, "eval")
     columns = task_columns(task)
-    for name, part in (("train", train_rows), ("eval", eval_rows)):
-        for config_key, col in columns.items():
-            if part and col not in part[0]:
-                raise ConfigError(
-                    f"task.{config_key} {col!r} is not a column of the {name} data; "
-                    f"its columns are {sorted(part[0])}."
-                )
+    policy = str(task.get("on_bad_rows") or "drop")
+    notes: list[str] = []
+    where = _where(task, "train")
+    rows = read_rows(task)
+    _require_columns(rows, columns, where)
+    rows = _drop_empty(rows, columns, where, policy, notes)
+    if "label_column" in columns:
+        _refuse_id_column(rows, columns["label_column"], where)
+    train_rows, eval_rows, origin = _split(task, seed, rows, columns, policy, notes)
+    n_train, n_eval = len(train_rows), len(eval_rows)
     train_rows = _limit(train_rows, task.get("max_train_rows"), seed)
     eval_rows = _limit(eval_rows, task.get("max_eval_rows"), seed + 1)
-    text_col = task["text_column"]
-    fields: dict[str, Any] = {
-        "train_texts": [str(r[text_col]) for r in train_rows],
-        "eval_texts": [str(r[text_col]) for r in eval_rows],
-        "train_labels": [], "eval_labels": [], "label_names": [],
-    }
+    if len(eval_rows) < n_eval:
+        origin += f"; a random {len(eval_rows)} of those {n_eval} (task.max_eval_rows)"
+    fields: dict[str, Any] = {"train_labels": [], "eval_labels": [], "label_names": []}
     if "label_column" in columns:
-        label_col = columns["label_column"]
-        names = sorted({str(r[label_col]) for r in train_rows + eval_rows})
-        index = {name: i for i, name in enumerate(names)}
-        fields["label_names"] = names
-        fields["train_labels"] = [index[str(r[label_col])] for r in train_rows]
-        fields["eval_labels"] = [index[str(r[label_col])] for r in eval_rows]
+        before = len(eval_rows)
+        eval_rows = _encode_labels(
+            fields, train_rows, eval_rows, columns["label_column"], _where(task, "eval"),
+            policy, notes,
+        )
+        if len(eval_rows) < before:
+            origin += f"; {before - len(eval_rows)} of them dropped: classes training lacks"
+    if len(train_rows) < n_train:
+        origin += f"; trained on a random {len(train_rows)} of {n_train} (task.max_train_rows)"
+    text_col = task["text_column"]
+    fields["train_texts"] = [str(r[text_col]) for r in train_rows]
+    fields["eval_texts"] = [str(r[text_col]) for r in eval_rows]
     if "prompt_column" in columns:
         fields["train_prompts"] = [str(r[columns["prompt_column"]]) for r in train_rows]
         fields["eval_prompts"] = [str(r[columns["prompt_column"]]) for r in eval_rows]
-    data = Dataset(**fields, fingerprint=_fingerprint(fields))
+    data = Dataset(**fields, fingerprint=_fingerprint(fields), notes=tuple(notes),
+                   eval_origin=origin)
     _DATA_CACHE[key] = data
     return data
+
+
+def _split(
+    task: Mapping[str, Any], seed: int, rows: Rows, columns: Mapping[str, str], policy: str,
+    notes: list[str],
+) -> tuple[Rows, Rows, str]:
+    """(train rows, eval rows, how the eval rows were chosen): a seeded random fraction of
+    ``rows``, or a separate eval file or hub split, checked and cleaned as ``rows`` were."""
+    split = task["eval_split"]
+    if isinstance(split, float):
+        rows = list(rows)
+        random.Random(seed).shuffle(rows)
+        n_eval = max(1, int(round(len(rows) * split)))
+        if n_eval >= len(rows):
+            raise ConfigError(
+                f"{_where(task, 'train')} has {len(rows)} usable rows: too few to hold out "
+                f"task.eval_split {split} and train on the rest; give more rows."
+            )
+        origin = (
+            f"held out at random from the {len(rows)} usable rows of {task['dataset']} "
+            f"(task.eval_split {split}, seed {seed})"
+        )
+        return rows[n_eval:], rows[:n_eval], origin
+    where = _where(task, "eval")
+    eval_rows = read_rows(task, "eval")
+    _require_columns(eval_rows, columns, where)
+    eval_rows = _drop_empty(eval_rows, columns, where, policy, notes)
+    source = str(split)
+    if looks_local(source):
+        return rows, eval_rows, f"the eval file {source} (task.eval_split)"
+    return rows, eval_rows, f"split {source!r} of hub dataset {task['dataset']!r}"
+
+
+def _encode_labels(
+    fields: dict[str, Any], train_rows: Rows, eval_rows: Rows, column: str, eval_where: str,
+    policy: str, notes: list[str],
+) -> Rows:
+    """Class ids from the training rows' classes into ``fields``; returns the eval rows left
+    once those of classes the training rows lack are dropped (or refused)."""
+    train_counts = Counter(_label(r[column]) for r in train_rows)
+    if len(train_counts) < 2:
+        raise ConfigError(
+            f"the {len(train_rows)} training rows hold a single class "
+            f"{next(iter(train_counts))!r} once the eval rows are held out; give more rows of "
+            "the other classes (or raise task.max_train_rows)."
+        )
+    eval_rows = _drop_unseen(eval_rows, column, set(train_counts), eval_where, policy, notes)
+    if not eval_rows:
+        raise ConfigError(f"{eval_where} has no eval rows left; give eval rows.")
+    names = sorted(train_counts)
+    index = {name: i for i, name in enumerate(names)}
+    fields["label_names"] = names
+    fields["train_labels"] = [index[_label(r[column])] for r in train_rows]
+    fields["eval_labels"] = [index[_label(r[column])] for r in eval_rows]
+    note = _imbalance(train_counts, Counter(_label(r[column]) for r in eval_rows), column)
+    if note:
+        notes.append(note)
+    return eval_rows
+
+
+def check_task(task: Mapping[str, Any], seed: int) -> Dataset:
+    """``load_task_data`` in the driver, before any trial: a mistake is a ``ConfigError``;
+    the warnings (rows dropped, class imbalance) are printed on stderr, with their counts."""
+    data = load_task_data(task, seed)
+    for note in data.notes:
+        print(f"paretune: warning: {note}", file=sys.stderr)
+    return data
+
+
+def class_counts(labels: Sequence[int], names: Sequence[str]) -> dict[str, int]:
+    """Rows per class, in ``names`` order."""
+    counts = Counter(labels)
+    return {name: counts.get(i, 0) for i, name in enumerate(names)}
+
+
+def describe_eval(context: Mapping[str, Any] | None) -> str:
+    """One line on the evaluation set of a study or recipe (its ``task``, ``seed`` and
+    ``model``): where the rows came from, how many, per class, and the max_length."""
+    if not context or "task" not in context:
+        return "eval set: unknown (not a paretune study)"
+    task = context["task"]
+    max_length = dict(context.get("model") or {}).get("max_length", "?")
+    try:
+        data = load_task_data(task, int(context.get("seed", 0)))
+    except ConfigError as exc:
+        return f"eval set: cannot be read now ({exc})"
+    line = f"eval set: {len(data.eval_texts)} rows, {data.eval_origin}"
+    if data.label_names:
+        counts = class_counts(data.eval_labels, data.label_names)
+        line += "; per class: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    return f"{line}; max_length {max_length} tokens"
 
 
 def _limit(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
@@ -261,10 +588,9 @@ def tokenize(
     key = _fingerprint(tokenizer_fingerprint(tokenizer), data_key, max_length, causal_lm)
     if key in _TOKEN_CACHE:
         return _TOKEN_CACHE[key]
-    path = Path(cache_dir, "tokenized", f"{key}.pt") if cache_dir else None
-    if path is not None and path.exists():
-        split = TokenizedSplit(**torch.load(path))
-    else:
+    path = Path(cache_dir, "tokenized", f"{key}.safetensors") if cache_dir else None
+    split = _read_cached(path) if path is not None and path.exists() else None
+    if split is None:
         if causal_lm:
             split = _tokenize_lm(tokenizer, texts, prompts, max_length)
         else:
@@ -274,12 +600,58 @@ def tokenize(
             )
             split = TokenizedSplit(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(split.__dict__, tmp)
-            os.replace(tmp, path)
+            _write_cached(path, split)
     _TOKEN_CACHE[key] = split
     return split
+
+
+_SPLIT_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _content_hash(tensors: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path) -> TokenizedSplit | None:
+    """A cached split, or None (logged) when the file is corrupt or its tensors do not match
+    the content hash written beside them. safetensors holds tensors only: reading it can
+    never run code, unlike a pickle (``torch.load``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # truncated or garbled: any unreadable file is rebuilt
+        _log.warning("tokenized cache %s is unreadable (%s); rebuilding it", path, exc)
+        return None
+    if set(tensors) != set(_SPLIT_KEYS) or recorded != _content_hash(tensors):
+        _log.warning("tokenized cache %s does not match its content hash; rebuilding it", path)
+        return None
+    return TokenizedSplit(**tensors)
+
+
+def _write_cached(path: Path, split: TokenizedSplit) -> None:
+    """Write atomically, user-only: the directory 0700, the file 0600 (``mkstemp``)."""
+    from safetensors.torch import save
+
+    tensors = {name: getattr(split, name).contiguous() for name in _SPLIT_KEYS}
+    blob = save(tensors, metadata={"sha256": _content_hash(tensors)})
+    path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)  # concurrent workers never read a half-written file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _tokenize_lm(

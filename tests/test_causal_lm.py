@@ -123,10 +123,14 @@ FAMILY_CASES = {
                     lambda m, b: m["size_mb"] < b["size_mb"]),
     "prune-ffn": ({"prune.ratio": 0.5, "prune.scheme": "ffn"},
                   lambda m, b: m["size_mb"] < b["size_mb"]),
-    "quant-8": ({"quant.bits": 8, "quant.scheme": "channel"},
-                lambda m, b: m["size_mb"] < 0.3 * b["size_mb"]),
-    "quant-4": ({"quant.bits": 4, "quant.scheme": "group", "quant.group_size": 32},
-                lambda m, b: m["size_mb"] < 0.2 * b["size_mb"]),
+    # ONNX Runtime formats on the CPU; on this 85K-parameter model the graph itself (about
+    # 0.16 MB for 2 layers) is most of the artifact, so the ratios are far from 1/4 and 1/8
+    "quant-8": ({"quant.format": "int8"},
+                lambda m, b: m["size_mb"] < 0.8 * b["size_mb"]
+                and m["perplexity"] < 1.1 * b["perplexity"]),
+    "quant-4": ({"quant.format": "int4-g32"},
+                lambda m, b: m["size_mb"] < 0.5 * b["size_mb"]
+                and m["perplexity"] < 1.5 * b["perplexity"]),
     "distill": ({"distill.enabled": True, "distill.temperature": 2.0, "distill.alpha": 0.5},
                 lambda m, b: m["perplexity"] < 10 * b["perplexity"]),
 }

@@ -110,9 +110,11 @@ def test_run_front_export_replay(
 
     capsys.readouterr()
     assert main(["run", str(recipe)]) == 0
+    captured = capsys.readouterr()
+    assert f"trial {best.number}: epoch 1/1 done: loss " in captured.err  # training progress
     replay = {
         line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
-        for line in capsys.readouterr().out.splitlines()[2:]
+        for line in captured.out.splitlines()[2:]
     }
     recorded, replayed = replay["accuracy"]
     assert abs(recorded - replayed) <= 0.01
@@ -200,8 +202,11 @@ def test_user_errors_are_one_line_and_exit_2(
     argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import optuna
+
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "paretune.db").touch()  # an empty storage where --storage is left out
+    # a storage with no study in it, where --storage is left out
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'paretune.db'}")
     if argv[0] in ("front", "plot"):
         argv = [*argv, "--storage", f"sqlite:///{tmp_path / 'paretune.db'}"]
     assert main(argv) == 2

@@ -26,7 +26,7 @@ def test_one_trial_lora_search_on_smollm2(tmp_path: Path) -> None:
         f"study.cache_dir={tmp_path / 'cache'}", "task.max_train_rows=48",
         "task.max_eval_rows=16", "model.max_length=64", "space.peft.method=lora",
         "space.lora.r=8", "space.lora.targets=qv", "space.train.lr=0.0005",
-        "space.arch.n_layers=0", "space.prune.ratio=0", "space.quant.bits=32",
+        "space.arch.n_layers=0", "space.prune.ratio=0", "space.quant.format=fp32",
         "space.distill.enabled=false",
     ])
     study = run_study(cfg, log=lambda line: None)

@@ -80,11 +80,11 @@ def test_tiny_model_tokenizer_knows_the_words(tiny_model: str) -> None:
 
 def test_adalora_without_a_budget_to_prune_fails_fast(raw_config: dict[str, Any]) -> None:
     result = run_trial(_spec(raw_config, **{
-        "peft.method": "adalora", "adalora.init_r": 8, "adalora.target_r": 8,
+        "peft.method": "adalora", "adalora.ranks": "8/8",
         "adalora.alpha": 8, "adalora.targets": "qv",
     }))
     assert result.state == "fail"
-    assert result.error == (
-        "`adalora.target_r < adalora.init_r` must hold, but got target_r=8, init_r=8."
+    assert (result.error or "").startswith(
+        "adalora.ranks must be 'INIT/TARGET' with 1 <= TARGET < INIT"
     )
     assert result.metrics == {}  # failed before anything was measured

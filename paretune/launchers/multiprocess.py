@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.launchers._base import BaseLauncher, TrialFn, cancelled, worker_lost
+from paretune.launchers._mps import LocalMps
+from paretune.progress import emit
 from paretune.trial import TrialResult, TrialSpec
 
 __all__ = ["MultiprocessLauncher", "visible_gpus"]
@@ -85,6 +87,8 @@ class MultiprocessLauncher(BaseLauncher):
         retries: re-runs of a trial whose worker process died.
         workers: worker processes; ``None``: one per visible GPU, or 1 without GPUs.
         device: the trials' ``launcher.device``; ``cpu`` hides the GPUs from the workers.
+        mps: CUDA MPS for the GPU workers: ``auto`` (when a GPU has several), ``on``,
+            ``off``; see ``paretune.launchers._mps``.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class MultiprocessLauncher(BaseLauncher):
         retries: int = 0,
         workers: int | None = None,
         device: str = "auto",
+        mps: str = "auto",
     ) -> None:
         import multiprocessing
 
@@ -106,9 +111,12 @@ class MultiprocessLauncher(BaseLauncher):
         self.retries = retries
         self._workers: list[_Worker] = []
         self._queue: list[tuple[TrialFn, TrialSpec, int, float]] = []
+        self._mps = LocalMps(mps, packed=n > len(gpus), gpus=bool(gpus))
 
     def _spawn(self, gpu: str | None) -> _Worker:
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+        if gpu is not None:
+            env.update(self._mps.env)  # the daemon's pipe directory, before CUDA starts
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = os.environ.get(var, self._threads)
         parent, child = self._ctx.Pipe()
@@ -174,6 +182,8 @@ class MultiprocessLauncher(BaseLauncher):
         why = _death(worker.proc)
         self._drop(worker)
         if retry and attempt < self.retries:
+            emit(f"paretune: trial {spec.number}: its worker died ({why}); "
+                 f"retry {attempt + 1} of {self.retries}")
             self._queue.insert(0, (fn, spec, attempt + 1, start))
             return None
         return worker_lost(spec.number, why, start, attempt)
@@ -221,3 +231,4 @@ class MultiprocessLauncher(BaseLauncher):
                 worker.proc.join(timeout=5)
             worker.conn.close()
         self._workers.clear()
+        self._mps.close()  # after the workers, its clients, are gone

@@ -11,12 +11,15 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError
 from paretune.launchers._base import BaseLauncher, TrialFn, cancelled, worker_lost
+from paretune.launchers._mps import RayMps
+from paretune.progress import emit
 from paretune.trial import TrialResult, TrialSpec
 
 __all__ = ["RayLauncher"]
@@ -24,6 +27,12 @@ __all__ = ["RayLauncher"]
 
 class _TrialActor:
     """One worker process; ``run`` is called for one trial at a time."""
+
+    def __init__(self, mps_run: str | None = None) -> None:
+        if mps_run is not None:  # the node's MPS daemon, before CUDA starts in this process
+            from paretune.launchers._mps import ensure_node
+
+            os.environ.update(ensure_node(mps_run).env)
 
     def run(self, fn: TrialFn, spec: TrialSpec) -> TrialResult:
         return fn(spec)
@@ -48,6 +57,51 @@ def _why(exc: Exception) -> str:
     cause = re.search(r"(The actor is dead because .*?)(?: Some common causes|$)", text)
     where = f" (pid {pid.group(1)})" if pid else ""
     return f"Ray {type(exc).__name__}{where}: {cause.group(1) if cause else text}"
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``launcher.address`` no Ray cluster answers at (Ray itself keeps
+    retrying for minutes). ``auto`` and unset are Ray's to resolve."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(
+            f"launcher.address must be 'auto', 'ray://HOST:PORT' or HOST:PORT, but got "
+            f"{address!r}."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"launcher.address {address!r}: no Ray cluster answers there ({why} within "
+            f"{timeout:g} s); start one with `ray start --head`, check the address, or leave "
+            "launcher.address unset to start a local Ray instance."
+        ) from None
+
+
+def _init_local_ray(ray: Any) -> None:
+    """A private Ray instance on this machine, reachable from this machine only.
+
+    Ray's servers listen on loopback only when the node address is 127.0.0.1, but
+    ``ray.init`` turns 127.0.0.1 into the machine's network address; that one conversion is
+    skipped while this instance starts.
+    """
+    from ray._private import services
+
+    resolve = getattr(services, "resolve_ip_for_localhost", None)
+    if resolve is not None:
+        services.resolve_ip_for_localhost = lambda host: host  # type: ignore[attr-defined]
+    try:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+                 logging_level=logging.ERROR)
+    finally:
+        if resolve is not None:
+            services.resolve_ip_for_localhost = resolve  # type: ignore[attr-defined]
 
 
 def _import_ray() -> Any:
@@ -75,6 +129,8 @@ class RayLauncher(BaseLauncher):
             ``None``: 1 if the cluster has GPUs and ``device`` is not cpu, else 0.
         cpus_per_trial: Ray ``num_cpus`` of each actor.
         device: the trials' ``launcher.device``; ``cpu`` keeps them off GPUs.
+        mps: CUDA MPS on each GPU node: ``auto`` (when trials are packed,
+            ``gpus_per_trial`` < 1), ``on``, ``off``; see ``paretune.launchers._mps``.
     """
 
     def __init__(
@@ -85,13 +141,19 @@ class RayLauncher(BaseLauncher):
         gpus_per_trial: float | None = None,
         cpus_per_trial: float = 1.0,
         device: str = "auto",
+        mps: str = "auto",
     ) -> None:
         ray = self._ray = _import_ray()
         self._owns_ray = False
         if not ray.is_initialized():
-            extra = {} if address else {"include_dashboard": False}
+            check_address(address)
+            if not sys.stderr.isatty():  # no colour codes in a log file
+                os.environ.setdefault("RAY_COLOR_PREFIX", "0")
             try:
-                ray.init(address=address, logging_level=logging.WARNING, **extra)
+                if address is None:
+                    _init_local_ray(ray)
+                else:
+                    ray.init(address=address, logging_level=logging.WARNING)
             except ConnectionError as exc:
                 raise ConfigError(
                     f"launcher.address {address!r}: no Ray cluster answers there ({exc}); start "
@@ -116,6 +178,7 @@ class RayLauncher(BaseLauncher):
         self._running: dict[Any, _Running] = {}
         self._queue: list[tuple[TrialFn, TrialSpec, int]] = []  # fn, spec, attempt
         self._cap, self._cap_checked = self._fits(total), time.monotonic()
+        self._mps = RayMps(ray, mps, packed=0 < gpus_per_trial < 1, gpus=gpus_per_trial > 0)
 
     def _fits(self, total: dict[str, float]) -> int:
         """How many actors the cluster holds at once (at least 1)."""
@@ -144,7 +207,7 @@ class RayLauncher(BaseLauncher):
             if self._idle:
                 actor = self._idle.pop()
             elif len(self._running) < self._actor_cap():
-                actor = self._actor_cls.remote()
+                actor = self._actor_cls.remote(self._mps.run)
             else:
                 return
             fn, spec, attempt = self._queue.pop(0)
@@ -182,6 +245,8 @@ class RayLauncher(BaseLauncher):
         except ray.exceptions.RayError as exc:  # the actor's process or its node is gone
             self._kill(run.actor)
             if retry and run.attempt < self.retries:
+                emit(f"paretune: trial {run.spec.number}: its worker died ({_why(exc)}); "
+                     f"retry {run.attempt + 1} of {self.retries}")
                 self._queue.insert(0, (run.fn, run.spec, run.attempt + 1))
                 return None
             return worker_lost(run.spec.number, _why(exc), run.start, run.attempt)
@@ -216,6 +281,7 @@ class RayLauncher(BaseLauncher):
         self._idle.clear()
         self._running.clear()
         self._queue.clear()
+        self._mps.close()  # quits the run's daemons once their clients, the actors, are gone
         if self._owns_ray:
             self._ray.shutdown()
             self._owns_ray = False

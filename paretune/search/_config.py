@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ LAUNCHERS = ("local", "multiprocess", "ray")
 # launcher.type -> the keyword arguments its class takes (LauncherSection.options)
 LAUNCHER_KEYS: dict[str, tuple[str, ...]] = {
     "local": (),
-    "multiprocess": ("max_concurrent", "retries", "workers", "device"),
-    "ray": ("max_concurrent", "retries", "address", "gpus_per_trial", "cpus_per_trial", "device"),
+    "multiprocess": ("max_concurrent", "retries", "workers", "device", "mps"),
+    "ray": ("max_concurrent", "retries", "address", "gpus_per_trial", "cpus_per_trial", "device",
+            "mps"),
 }
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=)\s*(-?[0-9.eE+-]+)\s*$")
 
@@ -47,6 +49,12 @@ class StudySection:
     cache_dir: str = "~/.cache/paretune"
     # hypervolume reference point, objective -> value; None derives it from the trials
     reference_point: dict[str, float] | None = None
+    anchors: bool = True  # a new study starts with the plain fine-tune and compressions of it
+    early_stopping: bool = True  # stop trials that cannot reach the front (PRUNED)
+    # seconds between heartbeats of a running trial; a trial whose heartbeat is older than
+    # grace_period is failed ("interrupted") by any driver of the study and replaced
+    heartbeat_interval: int = 10
+    grace_period: int = 60
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class TaskSection:
     eval_split: float | str = 0.2
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
+    on_bad_rows: str = "drop"  # rows with an empty value, eval rows of unseen labels: or "error"
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class LauncherSection:
     address: str | None = None  # ray: None starts a local Ray; "auto" or "ray://host:port"
     gpus_per_trial: float | None = None  # ray: fractional packs trials (default: 1 with GPUs)
     cpus_per_trial: float = 1.0  # ray
+    mps: str = "auto"  # multiprocess, ray: CUDA MPS for trials packed on a GPU: auto | on | off
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of this launcher type's class (``make_launcher``)."""
@@ -88,8 +98,11 @@ class LauncherSection:
 @dataclass(frozen=True)
 class MeasureSection:
     latency_batch_size: int = 16
-    latency_warmup: int = 2
-    latency_repeats: int = 10
+    latency_warmup: int = 3
+    latency_repeats: int = 20
+    device: str = "auto"  # where latency is measured and the artifact served: auto | cpu
+    threads: int | None = None  # CPU threads while measuring on the CPU (None: torch's)
+    exclusive: bool = True  # time while holding the device's lock (devicelock)
 
 
 @dataclass(frozen=True)
@@ -97,9 +110,13 @@ class Config:
     study: StudySection
     model: ModelSection
     task: TaskSection
-    space: dict[str, Any]  # knob name -> Float | Int | Choice | Fixed
+    # every knob -> Float | Int | Choice | Fixed | Switch: the config's own specs, and the
+    # families' default ranges shaped for the model and device (search._space.build_space)
+    space: dict[str, Any]
     launcher: LauncherSection
     measure: MeasureSection
+    info: Any = None  # spaces.SpaceInfo the space was built for
+    notes: tuple[str, ...] = ()  # one line per family left out of the space
 
     def directions(self) -> list[str]:
         return list(self.study.objectives.values())
@@ -113,6 +130,7 @@ class Config:
             "seed": self.study.seed,
             "device": self.launcher.device,
             "cache_dir": str(Path(self.study.cache_dir).expanduser()),
+            "objectives": list(self.study.objectives),
         }
 
     def reference_point(self) -> list[float] | None:
@@ -149,17 +167,25 @@ def read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise ConfigError(f"config file {path!r} is a directory; give the path of a YAML file.")
+    if not p.exists():
         raise ConfigError(f"config file {path!r} does not exist; give the path of a YAML file.")
     try:
         data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise ConfigError(f"config file {path!r} cannot be read: {why or exc}.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"config file {path!r} is malformed YAML{where}: {problem}.") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file (or /dev/null) is a mistake, not the default study
+        raise ConfigError(
+            f"config file {path!r} is empty; write at least a study section (see "
+            "examples/), or run `paretune demo` for the built-in study."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of sections, not {data!r}.")
     return data
@@ -241,6 +267,8 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     if study.n_trials < 1:
         raise ConfigError(f"study.n_trials must be a positive integer, but got {study.n_trials}.")
     _check_type("study.seed", study.seed, int, "an integer")
+    _check_type("study.anchors", study.anchors, bool, "true or false")
+    _check_type("study.early_stopping", study.early_stopping, bool, "true or false")
     if study.sampler not in SAMPLERS:
         raise ConfigError(
             f"study.sampler must be one of {', '.join(SAMPLERS)}, but got {study.sampler!r}."
@@ -255,27 +283,213 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     study = dataclasses.replace(
         study, reference_point=_reference_point(study.reference_point, study.objectives)
     )
-    split = task.eval_split
-    if isinstance(split, float) and not 0.0 < split < 1.0:
-        raise ConfigError(f"`0 < task.eval_split < 1` must hold for a fraction, but got {split}.")
-    for key in ("max_train_rows", "max_eval_rows"):
-        value = getattr(task, key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"task.{key} must be a positive integer, but got {value!r}.")
+    task = _check_task(task, check_data)
     _check_type("model.name", model.name, str, "a string")
-    _check_type("model.max_length", model.max_length, int, "a positive integer")
     models.check_model_name(model.name)
+    if model.name not in models.ALIASES and Path(model.name).expanduser().is_dir():
+        # absolute, so that a recipe replays and materializes from any directory
+        model = dataclasses.replace(model, name=os.path.abspath(Path(model.name).expanduser()))
+    _check_hub_model(model.name)  # before its config is read: a made-up id fails in seconds
+    _check_max_length(model)
+    _check_measure(measure)
+    _check_heartbeat(study)
 
     _check_launcher(launcher)
-    space = parse_space(raw.get("space") or {})
-    cfg = Config(study, model, task, space, launcher, measure)
-    if study.sampler == "grid":
-        from paretune.search._space import grid_points
+    from paretune.search._space import build_space, grid_points
 
-        grid_points(cfg)  # raises if a searched knob has no finite list of values
+    info = models.space_info(model.name, task.type, launcher.device, tuple(study.objectives),
+                             measure_device="cpu" if measure.device == "cpu" else None)
+    space, notes = build_space(parse_space(raw.get("space") or {}), info)
+    cfg = Config(study, model, task, space, launcher, measure, info, tuple(notes))
+    if study.sampler == "grid":
+        grid_points(cfg.space)  # raises if a searched knob has no finite list of values
     if check_data:
-        _check_columns(task)
+        from paretune import data
+
+        data.check_task(dataclasses.asdict(task), study.seed)
+        _check_cache_dir(study.cache_dir)
+        _check_ray_address(launcher)
+        _check_gpus(launcher)
     return cfg
+
+
+# -- checks of the environment a study runs in: files, the hub, Ray, GPUs ---------------------
+
+
+def _positive_int(key: str, value: Any, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{key} must be {what}, but got {value!r}.")
+
+
+def _check_measure(measure: MeasureSection) -> None:
+    _positive_int("measure.latency_batch_size", measure.latency_batch_size)
+    _positive_int("measure.latency_warmup", measure.latency_warmup, low=0)
+    _positive_int("measure.latency_repeats", measure.latency_repeats)
+    if measure.device not in ("auto", "cpu"):
+        raise ConfigError(f"measure.device must be auto (where trials run) or cpu, but got "
+                          f"{measure.device!r}.")
+    if measure.threads is not None:
+        _positive_int("measure.threads", measure.threads)
+    _check_type("measure.exclusive", measure.exclusive, bool, "true or false")
+
+
+def _check_heartbeat(study: StudySection) -> None:
+    _positive_int("study.heartbeat_interval", study.heartbeat_interval)
+    _positive_int("study.grace_period", study.grace_period)
+    if study.grace_period <= study.heartbeat_interval:
+        raise ConfigError(
+            f"`study.grace_period > study.heartbeat_interval` must hold (a trial is failed "
+            f"after missing heartbeats), but got grace_period={study.grace_period}, "
+            f"heartbeat_interval={study.heartbeat_interval}."
+        )
+
+
+_POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def _local_model_config(name: str) -> dict[str, Any] | None:
+    """The model's config.json when it is on this machine (a directory, a non-GGUF alias,
+    or the Hugging Face cache), without loading anything."""
+    import json
+
+    from paretune import models
+
+    path: Path | None = None
+    if name in models.ALIASES:
+        if not models.ALIASES[name][1].endswith(".gguf"):
+            path = Path(models.resolve(name)) / "config.json"
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser() / "config.json"
+    else:
+        cached = _hub_cached(name)
+        path = Path(cached) if cached else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _check_max_length(model: ModelSection) -> None:
+    _positive_int("model.max_length", model.max_length)
+    config = _local_model_config(model.name) or {}
+    limit = next((config[k] for k in _POSITIONS if isinstance(config.get(k), int)), None)
+    if limit is not None and model.max_length > limit:
+        raise ConfigError(
+            f"`model.max_length <= {limit}` must hold for {model.name!r} (its "
+            f"max_position_embeddings), but got {model.max_length}."
+        )
+
+
+def _check_cache_dir(cache_dir: Any) -> None:
+    """The cache directory exists and is writable, or can be created."""
+    import os
+
+    _check_type("study.cache_dir", cache_dir, str, "a directory path")
+    path = Path(cache_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"study.cache_dir {cache_dir!r}: {str(existing)!r} is a file, not a directory."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"study.cache_dir {cache_dir!r}: {str(existing)!r} is not writable (read-only file "
+            "system or no permission); point study.cache_dir at a writable directory."
+        )
+
+
+def _hub_cached(name: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001  (an id the hub library refuses is not cached)
+        return None
+    return found if isinstance(found, str) else None
+
+
+HUB_TIMEOUT = 5.0
+
+
+def _check_hub_model(name: str) -> None:
+    """A hub id must be in the local Hugging Face cache or found on the hub within seconds."""
+    import os
+    import threading
+
+    from paretune import models
+
+    if name in models.ALIASES or Path(name).expanduser().exists() or _hub_cached(name):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    where = "is not in the local Hugging Face cache"
+    if offline:
+        raise ConfigError(f"model.name {name!r} {where} and HF_HUB_OFFLINE is set; download "
+                          "it first or give a local directory.")
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            from huggingface_hub import model_info
+
+            model_info(name, timeout=HUB_TIMEOUT)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=lookup, daemon=True)  # DNS has no timeout of its own
+    thread.start()
+    thread.join(HUB_TIMEOUT + 1)
+    error = outcome[0] if outcome else TimeoutError("no answer")
+    if error is None:
+        return
+    kind = type(error).__name__
+    if kind == "GatedRepoError":
+        return  # it exists; access is the trial's business (and the token's)
+    if kind in ("RepositoryNotFoundError", "HFValidationError"):
+        raise ConfigError(
+            f"model.name {name!r} is not a model on the Hugging Face hub (nor a local "
+            f"directory or an alias: {', '.join(models.ALIASES)})."
+        )
+    raise ConfigError(
+        f"model.name {name!r} {where}, and the hub cannot be reached to find it "
+        f"({kind}); download it first (huggingface-cli download {name}) or give a local "
+        "directory."
+    )
+
+
+def _check_ray_address(launcher: LauncherSection) -> None:
+    if launcher.type == "ray" and launcher.address:
+        from paretune.launchers.ray import check_address
+
+        check_address(launcher.address)
+
+
+def _check_gpus(launcher: LauncherSection) -> None:
+    """GPUs asked for must be here (on a Ray cluster, Ray finds them on its nodes)."""
+    device = str(launcher.device)
+    wants = device.startswith("cuda") or (
+        launcher.type == "ray" and not launcher.address and bool(launcher.gpus_per_trial)
+    )
+    if not wants or device == "cpu":
+        return
+    from paretune.launchers.multiprocess import visible_gpus
+
+    gpus = visible_gpus()
+    what = f"launcher.device {device!r}" if device.startswith("cuda") else (
+        f"launcher.gpus_per_trial {launcher.gpus_per_trial}")
+    if not gpus:
+        raise ConfigError(f"{what} asks for a GPU, but this machine has none (no CUDA device "
+                          "visible); set launcher.device: cpu.")
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= len(gpus):
+        raise ConfigError(f"launcher.device {device!r}: this machine has {len(gpus)} GPU(s), "
+                          f"cuda:0 to cuda:{len(gpus) - 1}.")
 
 
 def _check_launcher(launcher: LauncherSection) -> None:
@@ -286,7 +500,7 @@ def _check_launcher(launcher: LauncherSection) -> None:
         )
     defaults = LauncherSection()
     for key in ("max_concurrent", "retries", "workers", "address", "gpus_per_trial",
-                "cpus_per_trial"):
+                "cpus_per_trial", "mps"):
         value = getattr(launcher, key)
         if key == "max_concurrent" and value == 1:
             continue  # true of every launcher
@@ -296,6 +510,9 @@ def _check_launcher(launcher: LauncherSection) -> None:
                 f"launcher.{key} applies to launcher.type {' or '.join(users)}, not {kind!r}; "
                 f"remove launcher.{key} or set launcher.type: {users[0]}."
             )
+    from paretune.launchers._mps import mode_of
+
+    mode_of(launcher.mps)  # auto, on or off (YAML's bare on / off are true / false)
     for key, low in (("max_concurrent", 1), ("workers", 1), ("retries", 0)):
         value = getattr(launcher, key)
         if value is not None and (
@@ -439,9 +656,11 @@ def parse_space(raw: Any) -> dict[str, Any]:
                     f"{key} has unknown range keys {sorted(extra)}; use low, high, log, step."
                 )
             if isinstance(default, spaces.Choice):
-                raise ConfigError(
-                    f"{key} is a categorical knob (choices {list(default.choices)}); "
-                    "give a value or a list of choices, not a range."
+                default = _numeric_range(key, default)
+            if isinstance(default, spaces.Switch):  # one range for every branch: its envelope
+                leaves = default.leaves()
+                default = dataclasses.replace(
+                    leaves[0], low=min(x.low for x in leaves), high=max(x.high for x in leaves)
                 )
             merged = {**dataclasses.asdict(default), **spec}
             if isinstance(default, spaces.Int):
@@ -456,6 +675,22 @@ def parse_space(raw: Any) -> dict[str, Any]:
         _check_values(name, knob)
         out[name] = knob
     return out
+
+
+def _numeric_range(key: str, default: Any) -> Any:
+    """A numeric knob whose default is a list of values (``train.batch_size: [16, 32]``)
+    still takes a range: an Int range over whole numbers, else a Float range."""
+    from paretune import spaces
+
+    values = default.choices
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(
+            f"{key} is a categorical knob (choices {list(values)}); "
+            "give a value or a list of choices, not a range."
+        )
+    if all(isinstance(v, int) for v in values):
+        return spaces.Int(min(values), max(values))
+    return spaces.Float(float(min(values)), float(max(values)))
 
 
 def _check_values(name: str, knob: Any) -> None:
@@ -475,16 +710,39 @@ def _check_values(name: str, knob: Any) -> None:
             ) from None
 
 
-def _check_columns(task: TaskSection) -> None:
+def _check_task(task: TaskSection, check_data: bool) -> TaskSection:
+    """The task section's own rules; local paths made absolute (checked to exist when the
+    data is checked), so the study, its trials and its recipes read the same files from any
+    directory. The rows themselves are checked by ``data.check_task``."""
     from paretune import data
 
-    raw = dataclasses.asdict(task)
-    columns = data.read_columns(raw)
-    if columns is None:
-        return
-    for key, col in data.task_columns(raw).items():
-        if col not in columns:
+    _check_type("task.dataset", task.dataset, str, "a string")
+    split = task.eval_split
+    if isinstance(split, bool) or not isinstance(split, (float, str)) or split == "":
+        kind = " (an integer)" if isinstance(split, int) and not isinstance(split, bool) else ""
+        raise ConfigError(
+            f"task.eval_split must be a fraction between 0 and 1 (like 0.2), the path of a "
+            f"file of eval rows, or a hub split name, but got {split!r}{kind}."
+        )
+    if isinstance(split, float) and not 0.0 < split < 1.0:
+        raise ConfigError(f"`0 < task.eval_split < 1` must hold for a fraction, but got {split}.")
+    for key in ("max_train_rows", "max_eval_rows"):
+        value = getattr(task, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"task.{key} must be a positive integer, but got {value!r}.")
+    if task.on_bad_rows not in data.ON_BAD_ROWS:
+        raise ConfigError(
+            f"task.on_bad_rows must be one of {', '.join(data.ON_BAD_ROWS)}, but got "
+            f"{task.on_bad_rows!r}."
+        )
+    dataset = data.local_path(task.dataset, "task.dataset", must_exist=check_data)
+    if isinstance(split, str):
+        eval_file = data.local_path(split, "task.eval_split", must_exist=check_data)
+        if eval_file is None and (dataset is not None or task.dataset in data.BUILTIN_DATASETS):
             raise ConfigError(
-                f"task.{key} {col!r} is not a column of {task.dataset!r}; "
-                f"its columns are {sorted(columns)}."
+                f"task.eval_split {split!r} would be a split of a hub dataset, but "
+                f"task.dataset {task.dataset!r} is not one; give a fraction like 0.2 or the "
+                "path of a file of eval rows."
             )
+        split = eval_file or split
+    return dataclasses.replace(task, dataset=dataset or task.dataset, eval_split=split)

@@ -2,15 +2,16 @@
 
 Each paretune trial already carries what the dashboard shows: its searched knobs as Optuna
 params, every knob in the ``params`` user attribute, every measured metric and the failure
-reason (``error``) as user attributes; the study names its objectives with
-``set_metric_names`` and holds the recorded hypervolume history as a user attribute.
+reason (``error``) and a one-line ``summary`` of its effective settings as user
+attributes, its constraint values where optuna-dashboard reads them; the study names its
+objectives with ``set_metric_names`` and holds the recorded hypervolume history as a user
+attribute.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import sys
-from pathlib import Path
 
 from paretune.errors import ConfigError
 
@@ -30,28 +31,21 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on ``storage`` until Ctrl-C."""
     try:
         from optuna_dashboard import run_server
-        from optuna_dashboard._storage_url import get_storage
     except ImportError:
         raise ConfigError(
             "paretune dashboard needs optuna-dashboard: pip install 'paretune[dashboard]' "
             "(or pip install optuna-dashboard)."
         ) from None
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
-        raise ConfigError(
-            f"--storage {storage!r} does not exist; give the storage a study was run with "
-            "(study.storage in its config)."
-        )
+    from paretune.search._storage import mask_url, open_storage
+
     if not 0 < port < 65536:
         raise ConfigError(f"`0 < --port < 65536` must hold, but got {port}.")
-    try:
-        store = get_storage(storage)
-    except Exception as exc:  # noqa: BLE001  (any storage URL error is the user's input)
-        raise ConfigError(f"--storage {storage!r} cannot be opened: {exc}") from None
+    store = open_storage(storage, create=False, what="--storage")  # creates nothing
     if not _is_loopback(host):
         print(f"paretune: warning: serving on {host}: anyone who reaches it can read, rename "
               "and delete studies in this storage.", file=sys.stderr)
-    print(f"paretune: optuna-dashboard on http://{host}:{port}/dashboard for {storage} "
-          "(Ctrl-C stops it)", file=sys.stderr, flush=True)
+    print(f"paretune: optuna-dashboard on http://{host}:{port}/dashboard for "
+          f"{mask_url(storage)} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     try:
         run_server(store, host=host, port=port)
     except OSError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["dominates", "knee", "pareto_front"]
+__all__ = ["dominates", "knee", "knee_explained", "pareto_front"]
 
 
 def _signed(values: Sequence[float], directions: Sequence[str]) -> list[float]:
@@ -29,8 +29,20 @@ def pareto_front(points: Sequence[Any], directions: Sequence[str], key: Any = No
     ]
 
 
-def knee(points: Sequence[Any], directions: Sequence[str], key: Any = None) -> Any:
-    """The point closest to the ideal corner once every objective is scaled to [0, 1]."""
+def knee(
+    points: Sequence[Any], directions: Sequence[str], key: Any = None, prefer: int = 0
+) -> Any:
+    """The point closest to the ideal corner once every objective is scaled to [0, 1];
+    among points equally close, the best in objective ``prefer`` (quality, by default the
+    first objective)."""
+    return knee_explained(points, directions, key, prefer)[0]
+
+
+def knee_explained(
+    points: Sequence[Any], directions: Sequence[str], key: Any = None, prefer: int = 0
+) -> tuple[Any, float, list[Any]]:
+    """``knee``, with its scaled distance to the ideal corner and the other points that
+    were equally close (the tie ``prefer`` broke)."""
     key = key or (lambda p: p)
     vals = [_signed(key(p), directions) for p in points]
     lows = [min(col) for col in zip(*vals)]
@@ -38,6 +50,10 @@ def knee(points: Sequence[Any], directions: Sequence[str], key: Any = None) -> A
     spans = [(h - lo) or 1.0 for lo, h in zip(lows, highs)]
 
     def dist(v: Sequence[float]) -> float:
-        return sum(((x - lo) / s) ** 2 for x, lo, s in zip(v, lows, spans)) ** 0.5
+        return float(sum(((x - lo) / s) ** 2 for x, lo, s in zip(v, lows, spans)) ** 0.5)
 
-    return min(zip(points, vals), key=lambda pv: dist(pv[1]))[0]
+    dists = [dist(v) for v in vals]
+    best = min(dists)
+    tied = [i for i, d in enumerate(dists) if d <= best + 1e-9 * max(1.0, best)]
+    chosen = min(tied, key=lambda i: vals[i][prefer])  # smaller is better once signed
+    return points[chosen], dists[chosen], [points[i] for i in tied if i != chosen]

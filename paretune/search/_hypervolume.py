@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "HISTORY_KEY", "REFERENCE_KEY", "FrontTracker", "derive_reference_point", "hypervolume",
-    "hypervolume_history", "reference_point",
+    "HISTORY_KEY", "REFERENCE_KEY", "FrontTracker", "derive_reference_point",
+    "exact_hypervolume", "hypervolume", "hypervolume_history", "reference_point",
 ]
 
 HISTORY_KEY = "paretune.hypervolume"
@@ -43,14 +43,47 @@ def hypervolume(
     Points that are not at least as good as the reference in every objective add nothing.
     """
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume  # exact: 2-D sweep, 3-D, WFG above
 
     ref = np.asarray(_signed(reference, directions), dtype=float)
     vals = np.asarray([_signed(p, directions) for p in points], dtype=float).reshape(-1, len(ref))
     inside = vals[(vals <= ref).all(axis=1)]
     if len(inside) == 0:
         return 0.0
-    return float(compute_hypervolume(inside, ref))
+    compute = _optuna_hypervolume() or exact_hypervolume
+    return float(compute(inside, ref))
+
+
+def _optuna_hypervolume() -> Any:
+    """Optuna's exact hypervolume (a 2-D sweep, 3-D, WFG above). It is not public API, so
+    it is only used where it is found; ``exact_hypervolume`` gives the same values."""
+    try:
+        from optuna._hypervolume import compute_hypervolume
+    except ImportError:
+        return None
+    return compute_hypervolume
+
+
+def exact_hypervolume(points: Any, reference: Any) -> float:
+    """Volume dominated by ``points`` (minimized, each no worse than ``reference``),
+    bounded by ``reference``: a sweep in 2-D, slices along the last objective above."""
+    import numpy as np
+
+    pts, ref = np.asarray(points, dtype=float), np.asarray(reference, dtype=float)
+    if len(pts) == 0:
+        return 0.0
+    if pts.shape[1] == 1:
+        return float(ref[0] - pts[:, 0].min())
+    if pts.shape[1] == 2:
+        pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+        xs = np.append(pts[1:, 0], ref[0])
+        lows = np.minimum.accumulate(pts[:, 1])
+        return float(np.sum((xs - pts[:, 0]) * (ref[1] - lows)))
+    pts = pts[np.argsort(pts[:, -1], kind="stable")]
+    tops = np.append(pts[1:, -1], ref[-1])
+    return float(sum(
+        (top - pts[i, -1]) * exact_hypervolume(pts[: i + 1, :-1], ref[:-1])
+        for i, top in enumerate(tops) if top > pts[i, -1]
+    ))
 
 
 def derive_reference_point(

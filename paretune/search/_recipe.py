@@ -23,17 +23,35 @@ RECIPE_KEY = "paretune_recipe"
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
+    """The stored study, read-only: never creates a database file or a table; a missing
+    file, a study that is not there or a storage that cannot be read is one line."""
     import optuna
+    import sqlalchemy.exc
+
+    from paretune.search._storage import describe, mask_url, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(storage, create=False, what="--storage")
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=store)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
         raise ConfigError(
-            f"--study {name!r} is not in storage {storage!r}; studies there: "
+            f"--study {name!r} is not in storage {mask_url(storage)!r}; studies there: "
             f"{', '.join(names) or 'none'}."
         ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise ConfigError(
+            f"--storage {mask_url(storage)!r} cannot be read: {describe(exc, storage)}"
+        ) from None
+
+
+def quality_index(study: optuna.Study) -> int:
+    """Index of the study's first quality objective (accuracy, perplexity...), else 0."""
+    from paretune.stopping import QUALITY
+
+    names = list(study.user_attrs.get("paretune.objectives", {}))
+    return next((i for i, name in enumerate(names) if name in QUALITY), 0)
 
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:
@@ -69,8 +87,10 @@ def pick_trial(
         raise ConfigError(f"study {study.study_name!r} has no completed feasible trial to pick.")
     pick = pick or "knee"
     directions = [d.name.lower() for d in study.directions]
-    if pick == "knee":
-        return knee(front, directions, key=lambda t: t.values)  # type: ignore[no-any-return]
+    if pick == "knee":  # ties go to the better quality
+        return knee(  # type: ignore[no-any-return]
+            front, directions, key=lambda t: t.values, prefer=quality_index(study)
+        )
     if pick.startswith("best:"):
         metric = pick[5:]
         objectives = study.user_attrs.get("paretune.objectives", {})
@@ -115,8 +135,8 @@ def make_recipe(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         RECIPE_KEY: 1,
         "study": study.study_name,
         "trial": trial.number,
-        "model": context["model"],
-        "task": context["task"],
+        "model": _absolute(context["model"], "name"),
+        "task": _absolute(context["task"], "dataset", "eval_split"),
         "measure": context["measure"],
         "seed": context["seed"],
         "params": dict(trial.user_attrs.get("params", trial.params)),
@@ -124,6 +144,23 @@ def make_recipe(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         "metrics": {k: v for k, v in trial.user_attrs.items() if k in names},
         "versions": _versions(),
     }
+
+
+def _absolute(section: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """``section`` with its local paths absolute. Studies store them absolute already
+    (``parse_config``); a study created before that holds them relative to the directory it
+    ran in, which is taken to be this one where the path exists here."""
+    from paretune.data import BUILTIN_DATASETS
+    from paretune.models import ALIASES
+
+    out = dict(section)
+    for key in keys:
+        value = out.get(key)
+        if not isinstance(value, str) or value in (*ALIASES, *BUILTIN_DATASETS):
+            continue
+        if not Path(value).is_absolute() and Path(value).exists():
+            out[key] = str(Path(value).absolute())
+    return out
 
 
 def is_recipe(raw: Mapping[str, Any]) -> bool:
@@ -155,5 +192,10 @@ def recipe_spec(
 def replay_recipe(
     recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None
 ) -> TrialResult:
-    """Run the recipe's trial again, as a single trial in this process."""
-    return run_trial(recipe_spec(recipe, device, cache_dir))
+    """Run the recipe's trial again, as a single trial in this process. Its data is checked
+    first, as a study's is: a file that moved is a ``ConfigError``, not a failed trial."""
+    from paretune import data
+
+    spec = recipe_spec(recipe, device, cache_dir)
+    data.check_task(spec.context["task"], int(spec.context["seed"]))
+    return run_trial(spec)

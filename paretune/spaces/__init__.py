@@ -14,24 +14,28 @@ from paretune.spaces._base import (
     Float,
     Int,
     Knob,
+    SpaceInfo,
     Stage,
+    Switch,
     TrialContext,
     families,
     get_family,
     knob_names,
     register_family,
+    resolve,
 )
 
 # isort: off
-# Registration order is the order of hooks within a stage: distill adds its loss term before
-# train's loop runs; at COMPRESS, peft merges, then prune re-applies its masks, then quant packs.
-# Conditions point backwards: peft.method is declared before the adapters that depend on it.
-from paretune.spaces import distill  # noqa: E402,F401
-from paretune.spaces import train  # noqa: E402,F401
+# Registration order is the order of hooks within a stage: at ADAPT, peft wraps the model
+# before distill adds its loss term; at COMPRESS, peft merges, then prune re-applies its masks,
+# then quant packs. Conditions point backwards: peft.method is declared before the adapters
+# and the learning rate that depend on it, train.epochs before distill.
 from paretune.spaces import peft  # noqa: E402,F401
 from paretune.spaces import lora  # noqa: E402,F401
 from paretune.spaces import adalora  # noqa: E402,F401
 from paretune.spaces import prompt  # noqa: E402,F401
+from paretune.spaces import train  # noqa: E402,F401
+from paretune.spaces import distill  # noqa: E402,F401
 from paretune.spaces import arch  # noqa: E402,F401
 from paretune.spaces import prune  # noqa: E402,F401
 from paretune.spaces import quant  # noqa: E402,F401
@@ -45,10 +49,13 @@ __all__ = [
     "Float",
     "Int",
     "Knob",
+    "SpaceInfo",
     "Stage",
+    "Switch",
     "TrialContext",
     "families",
     "get_family",
     "knob_names",
     "register_family",
+    "resolve",
 ]

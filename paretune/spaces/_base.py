@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Choice",
     "Family",
+    "SpaceInfo",
+    "Switch",
     "FamilyConfig",
     "Fixed",
     "Float",
@@ -29,6 +31,7 @@ __all__ = [
     "get_family",
     "knob_names",
     "register_family",
+    "resolve",
 ]
 
 
@@ -155,7 +158,77 @@ class Fixed:
         return [self.value]
 
 
-Knob = Union[Float, Int, Choice, Fixed]  # noqa: UP007  (a runtime alias on 3.10)
+@dataclass(frozen=True)
+class Switch:
+    """A default range that moves with an earlier knob's value, e.g. the learning rate with
+    ``peft.method``: a full fine-tune and a LoRA adapter want rates an order of magnitude
+    apart. Optuna sees one parameter whose range depends on the branch (allowed for float
+    and int ranges; every case must agree on ``log``). Cases may themselves be switches.
+    """
+
+    on: str
+    cases: Mapping[Any, Any]
+    default: Any
+
+    def pick(self, params: Mapping[str, Any]) -> Any:
+        """The plain range for these params (nested switches resolved)."""
+        spec = self.cases.get(params.get(self.on), self.default)
+        return spec.pick(params) if isinstance(spec, Switch) else spec
+
+    def leaves(self) -> list[Any]:
+        out = []
+        for spec in [*self.cases.values(), self.default]:
+            out += spec.leaves() if isinstance(spec, Switch) else [spec]
+        return out
+
+    def check(self, name: str) -> None:
+        leaves = self.leaves()
+        for spec in leaves:
+            if not isinstance(spec, (Float, Int)):
+                raise ValueError(f"{name}: a Switch holds Float or Int ranges, not {spec!r}.")
+            spec.check(name)
+        if len({(type(s), s.log) for s in leaves}) > 1:
+            raise ValueError(f"{name}: every case of a Switch must have the same type and log.")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        raise TypeError("resolve(spec, params) a Switch before suggesting it")
+
+    def grid(self) -> list[Any] | None:
+        return None  # resolved per branch by grid_points
+
+    def endpoints(self) -> list[Any]:
+        return [v for spec in self.leaves() for v in spec.endpoints()]
+
+
+Knob = Union[Float, Int, Choice, Fixed, Switch]  # noqa: UP007  (a runtime alias on 3.10)
+
+
+def resolve(spec: Knob, params: Mapping[str, Any]) -> Knob:
+    """The plain range ``spec`` stands for, given the knobs chosen so far."""
+    return spec.pick(params) if isinstance(spec, Switch) else spec
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What the space is built for, known in the driver before the first trial: the base
+    model's shape (from its config alone, no weights), the task, the device trials run on,
+    and the study's objectives. Families shape their knobs from it (``register_family``'s
+    ``shape``) and check user-fixed values against it (``check``)."""
+
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    task_type: str = "classification"
+    device: str = "cpu"  # "cpu" or "cuda": where trials train
+    # "cpu" or "cuda": where the artifact is served and its latency measured (measure.device)
+    measure_device: str = "cpu"
+    bf16: bool = True  # the device trains under bf16 autocast
+    objectives: tuple[str, ...] = ("accuracy", "size_mb")
+    prefix_tuning: bool = True  # the model takes past_key_values (prefix / P-tuning)
 
 
 @dataclass(frozen=True)
@@ -190,11 +263,23 @@ class TrialContext:
     stats: dict[str, float] = field(default_factory=dict)
     loss_terms: list[Callable[..., Any]] = field(default_factory=list)
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)
-    artifact_writer: Callable[[Any, str], None] | None = None
+    # called as hook(model, steps done, total steps) after each epoch but the last: early
+    # stopping measures quality there
+    eval_hooks: list[Callable[[Any, int, int], None]] = field(default_factory=list)
+    # the saved format the artifact is written in (``paretune.spaces._artifact``) and its
+    # options: a family that changes how the model is saved names its format here
+    saved_format: str = "transformers"
+    save_options: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    info: SpaceInfo | None = None  # the loaded base model's shape and the trial's device
 
 
 ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config, ctx) -> model
+# (info) -> the family's default ranges for this model and device (only those that change),
+# or a one-line reason why the family cannot apply to this model at all
+ShapeFn = Callable[[SpaceInfo], Union[Mapping[str, Knob], str]]  # noqa: UP007
+# (config, info) -> None; raises ConfigError for a value that cannot run on this model/device
+CheckFn = Callable[[Any, SpaceInfo], None]
 
 
 @dataclass(frozen=True)
@@ -208,6 +293,8 @@ class Family:
     when: Mapping[str, tuple[Any, ...]]
     doc: str
     knob_when: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
+    shape: ShapeFn | None = None
+    check: CheckFn | None = None
 
     def is_active(self, params: Mapping[str, Any]) -> bool:
         """True when every knob this family depends on has one of the listed values."""
@@ -251,6 +338,8 @@ def register_family(
     when: Mapping[str, Any] | None = None,
     knob_when: Mapping[str, Mapping[str, Any]] | None = None,
     compress: ApplyFn | None = None,
+    shape: ShapeFn | None = None,
+    check: CheckFn | None = None,
 ) -> Family:
     """Add a method family to the joint space.
 
@@ -268,6 +357,11 @@ def register_family(
             ``{"scheme": {"prune.ratio": lambda r: r > 0}}``; a knob whose condition fails is
             not suggested and keeps its config default.
         compress: optional second hook, run at ``Stage.COMPRESS`` after training.
+        shape: builds the family's default ranges for the model and device before the study
+            (cap ranges, drop choices that cannot run there), or says why the family cannot
+            apply to this model: it then leaves the space and its knobs keep their defaults.
+        check: guards a value the user fixed (and every trial, against the model it
+            loaded): raises ConfigError naming the rule, e.g. more layers than the model has.
     """
     if not _NAME.match(name):
         raise ValueError(f"family name must match {_NAME.pattern}, but got {name!r}.")
@@ -302,7 +396,7 @@ def register_family(
     if compress is not None:
         hooks[Stage.COMPRESS] = compress
     doc = (config_cls.__doc__ or "").strip()
-    family = Family(name, config_cls, hooks, dict(knobs), cond, doc, per_knob)
+    family = Family(name, config_cls, hooks, dict(knobs), cond, doc, per_knob, shape, check)
     _REGISTRY[name] = family
     return family
 

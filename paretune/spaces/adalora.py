@@ -9,31 +9,43 @@ from typing import Any
 from paretune.errors import ConfigError
 from paretune.spaces import _layout
 from paretune.spaces._base import Choice, FamilyConfig, Stage, TrialContext, register_family
-from paretune.spaces.lora import TARGETS, target_modules
+from paretune.spaces.lora import TARGETS, check_targets, shape_targets, target_modules
+
+RANKS = ("8/2", "8/4", "12/4", "12/6", "16/4", "16/8")
 
 
 @dataclass(frozen=True)
 class AdaloraConfig(FamilyConfig):
-    """init_r: rank every adapter starts with. target_r: average rank left after the budget is
-    pruned by importance. alpha: scaling numerator. targets: as lora.targets.
+    """ranks: `INIT/TARGET`, the rank every adapter starts with and the average rank left
+    after the budget is pruned by importance (TARGET < INIT: one choice of valid pairs).
+    alpha: scaling numerator. targets: as lora.targets.
     """
 
-    init_r: int = 12
-    target_r: int = 4
+    ranks: str = "12/4"
     alpha: int = 16
     targets: str = "qv"
 
     def __post_init__(self) -> None:
-        for key in ("init_r", "target_r"):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"`adalora.{key} >= 1` (an integer) must hold, but got {value}.")
+        init, _, target = str(self.ranks).partition("/")
+        if not (init.isdigit() and target.isdigit() and 1 <= int(target) < int(init)):
+            raise ConfigError(
+                f"adalora.ranks must be 'INIT/TARGET' with 1 <= TARGET < INIT (peft prunes the "
+                f"rank budget from INIT down to TARGET), e.g. '12/4', but got {self.ranks!r}."
+            )
         if not self.alpha > 0:
             raise ConfigError(f"`adalora.alpha > 0` must hold, but got {self.alpha}.")
         if self.targets not in TARGETS:
             raise ConfigError(
                 f"adalora.targets must be one of {', '.join(TARGETS)}, but got {self.targets!r}."
             )
+
+    @property
+    def init_r(self) -> int:
+        return int(str(self.ranks).partition("/")[0])
+
+    @property
+    def target_r(self) -> int:
+        return int(str(self.ranks).partition("/")[2])
 
 
 def total_steps(ctx: TrialContext) -> int:
@@ -46,13 +58,8 @@ def total_steps(ctx: TrialContext) -> int:
 def apply(model: Any, cfg: AdaloraConfig, ctx: TrialContext) -> Any:
     import peft
 
-    if cfg.target_r >= cfg.init_r:  # peft's budget mask needs something to prune
-        from paretune.errors import TrialFailed
+    from paretune.spaces.peft import head_modules
 
-        raise TrialFailed(
-            f"`adalora.target_r < adalora.init_r` must hold, but got target_r={cfg.target_r}, "
-            f"init_r={cfg.init_r}."
-        )
     total = total_steps(ctx)
     tinit, tfinal = total // 10, total // 5
     if total - tinit - tfinal < 1:
@@ -67,6 +74,7 @@ def apply(model: Any, cfg: AdaloraConfig, ctx: TrialContext) -> Any:
         tinit=tinit,
         tfinal=tfinal,
         deltaT=max(1, total // 20),
+        modules_to_save=head_modules(model, ctx),
     )
     model = peft.get_peft_model(model, config)
     # The rank budget moves after each optimizer step, from the gradients of that step.
@@ -81,9 +89,10 @@ register_family(
     stage=Stage.ADAPT,
     when={"peft.method": ("adalora",)},
     knobs={
-        "init_r": Choice(8, 12, 16),
-        "target_r": Choice(2, 4, 6),
+        "ranks": Choice(*RANKS),
         "alpha": Choice(8, 16, 32),
         "targets": Choice(*TARGETS),
     },
+    shape=shape_targets,
+    check=check_targets,
 )

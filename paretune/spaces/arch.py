@@ -5,8 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Int, Stage, TrialContext, register_family
+from paretune.errors import ConfigError
+from paretune.spaces import _layout
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    Int,
+    SpaceInfo,
+    Stage,
+    TrialContext,
+    register_family,
+)
 
 SELECTIONS = ("first", "spread", "last")
 
@@ -44,20 +53,30 @@ def select(n_total: int, k: int, how: str) -> list[int]:
     return sorted({round(i * (n_total - 1) / (k - 1)) for i in range(k)})
 
 
+def shape(info: SpaceInfo) -> dict[str, Any] | str:
+    """From a sixth of the model's layers (at least 1) to all of them."""
+    if _layout.layout_of(info.model_type) is None:
+        return f"paretune does not know where model type {info.model_type!r} keeps its layers"
+    return {"n_layers": Int(max(1, info.n_layers // 6), info.n_layers)}
+
+
+def check(cfg: ArchConfig, info: SpaceInfo) -> None:
+    if cfg.n_layers > info.n_layers:
+        raise ConfigError(
+            f"arch.n_layers={cfg.n_layers} but the model has only {info.n_layers} layers; "
+            f"use at most {info.n_layers} (or 0 to keep all)."
+        )
+
+
 def apply(model: Any, cfg: ArchConfig, ctx: TrialContext) -> Any:
     import torch.nn as nn
 
-    from paretune.spaces import _layout
-
+    if cfg.n_layers == 0:
+        return model
     layers = _layout.layer_list(model)
     n_total = len(layers)
-    if cfg.n_layers == 0 or cfg.n_layers == n_total:
+    if cfg.n_layers >= n_total:
         return model
-    if cfg.n_layers > n_total:
-        raise TrialFailed(
-            f"arch.n_layers={cfg.n_layers} but the model has only {n_total} layers; "
-            f"narrow space.arch.n_layers to high: {n_total}."
-        )
     keep = select(n_total, cfg.n_layers, cfg.layer_selection)
     _layout.set_layer_list(model, nn.ModuleList([layers[i] for i in keep]))
     config = _layout.backbone(model).config
@@ -83,4 +102,6 @@ register_family(
     stage=Stage.ARCH,
     knobs={"n_layers": Int(1, 6), "layer_selection": Choice(*SELECTIONS)},
     knob_when={"layer_selection": {"arch.n_layers": _drops}},
+    shape=shape,
+    check=check,
 )

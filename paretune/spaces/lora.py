@@ -11,18 +11,13 @@ from paretune.spaces._base import (
     Choice,
     FamilyConfig,
     Float,
+    SpaceInfo,
     Stage,
     TrialContext,
     register_family,
 )
 
 TARGETS = ("qv", "attention", "all-linear")
-
-# Module names of the attention projections, per architecture kind; peft matches suffixes.
-_ATTENTION = {
-    "bert": (["query", "value"], r".*attention\.(self\.(query|key|value)|output\.dense)$"),
-    "llama": (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
-}
 
 
 @dataclass(frozen=True)
@@ -52,17 +47,32 @@ class LoraConfig(FamilyConfig):
 
 
 def target_modules(model: Any, targets: str) -> Any:
-    """peft's target_modules for ``targets`` on this model (``all-linear`` excludes the head)."""
-    from paretune.spaces import _layout
-
+    """peft's target_modules for ``targets`` on this model (``all-linear`` excludes the head;
+    a fused query/key/value projection, as GPT-2's, counts as query and value)."""
     if targets == "all-linear":
         return "all-linear"
-    names = _ATTENTION[_layout.kind(model)]
-    return names[0] if targets == "qv" else names[1]
+    lay = _layout.layout(model)
+    paths = [lay.q, lay.v] if targets == "qv" else [lay.q, lay.k, lay.v, lay.o]
+    return _layout.module_regex(lay, paths)
+
+
+def shape_targets(info: SpaceInfo) -> dict[str, Any]:
+    """Without a known layout only ``all-linear`` can be targeted (peft finds the Linears)."""
+    return {} if _layout.layout_of(info.model_type) else {"targets": Choice("all-linear")}
+
+
+def check_targets(cfg: Any, info: SpaceInfo) -> None:
+    if cfg.targets != "all-linear" and _layout.layout_of(info.model_type) is None:
+        raise ConfigError(
+            f"targets {cfg.targets} name attention projections, which paretune cannot find in "
+            f"model type {info.model_type!r}; use targets all-linear."
+        )
 
 
 def apply(model: Any, cfg: LoraConfig, ctx: TrialContext) -> Any:
     import peft
+
+    from paretune.spaces.peft import head_modules
 
     config = peft.LoraConfig(
         task_type=_layout.peft_task_type(ctx),
@@ -71,6 +81,7 @@ def apply(model: Any, cfg: LoraConfig, ctx: TrialContext) -> Any:
         lora_dropout=cfg.dropout,
         target_modules=target_modules(model, cfg.targets),
         use_dora=ctx.params.get("peft.method") == "dora",
+        modules_to_save=head_modules(model, ctx),
     )
     return peft.get_peft_model(model, config)
 
@@ -87,4 +98,6 @@ register_family(
         "dropout": Float(0.0, 0.2, step=0.05),
         "targets": Choice(*TARGETS),
     },
+    shape=shape_targets,
+    check=check_targets,
 )

@@ -12,17 +12,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError
-from paretune.spaces._base import Choice, FamilyConfig, Stage, TrialContext, register_family
+from paretune.spaces import _layout
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    SpaceInfo,
+    Stage,
+    TrialContext,
+    register_family,
+)
 
 METHODS = ("none", "head", "lora", "dora", "adalora", "ia3", "prefix", "ptuning")
 PROMPT_METHODS = ("prefix", "ptuning")
-HEADS = ("classifier", "score")  # sequence-classification heads (BERT, Llama)
-
-# IA3 (target modules, feed-forward modules) per architecture kind (see _layout.kind).
-_IA3 = {
-    "bert": (r".*(self\.(key|value)|output\.dense)$", r".*layer\.\d+\.output\.dense$"),
-    "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
-}
+# Objectives that adapters can improve: they train fewer weights, faster. Merged adapters
+# ship at the size of a full fine-tune, so for quality against artifact size alone the space
+# offers the methods that can win on quality: the full fine-tune, LoRA, and IA3 (which
+# matched the full fine-tune on BANKING77, bench/calibrate.py), not the head alone or
+# prompts, which only cost accuracy there.
+TRAINING_COSTS = ("trainable_params", "train_time_s")
 
 
 @dataclass(frozen=True)
@@ -42,36 +49,68 @@ class PeftConfig(FamilyConfig):
             )
 
 
+def shape(info: SpaceInfo) -> dict[str, Any]:
+    """The methods that can run on this model and task and can move the study's objectives."""
+    has_layout = _layout.layout_of(info.model_type) is not None
+    methods = ["none", "lora"] + (["ia3"] if has_layout else [])
+    if any(o in TRAINING_COSTS for o in info.objectives):
+        methods += ["dora", "adalora"]
+        methods += ["head"] if info.task_type == "classification" else []
+        methods += list(PROMPT_METHODS) if info.prefix_tuning else []
+    return {"method": Choice(*methods)}
+
+
+def check(cfg: PeftConfig, info: SpaceInfo) -> None:
+    if cfg.method in PROMPT_METHODS and not info.prefix_tuning:
+        raise ConfigError(
+            f"peft.method {cfg.method} feeds trained prefixes as past_key_values, which model "
+            f"type {info.model_type!r} does not take; choose lora, dora, adalora, ia3 or none."
+        )
+    if cfg.method == "head" and info.task_type != "classification":
+        raise ConfigError("peft.method head trains a classifier head; a causal_lm task has "
+                          "none: choose another method.")
+    if cfg.method == "ia3" and _layout.layout_of(info.model_type) is None:
+        raise ConfigError(
+            f"peft.method ia3 needs the layer layout of the model, which paretune does not "
+            f"know for model type {info.model_type!r}; choose lora (targets all-linear)."
+        )
+
+
+def head_modules(model: Any, ctx: TrialContext) -> list[str] | None:
+    """Modules a classification adapter trains fully next to it (the new task head)."""
+    return _layout.head_modules(model) if ctx.task["type"] == "classification" else None
+
+
 def apply(model: Any, cfg: PeftConfig, ctx: TrialContext) -> Any:
     if cfg.method == "head":
+        heads = set(_layout.head_modules(model))
         for name, p in model.named_parameters():
-            p.requires_grad = name.split(".")[0] in HEADS
+            p.requires_grad = name.split(".")[0] in heads
     elif cfg.method == "ia3":
         import peft
 
-        from paretune.spaces import _layout
-
-        targets, feedforward = _IA3[_layout.kind(model)]
+        lay = _layout.layout(model)
         config = peft.IA3Config(
             task_type=_layout.peft_task_type(ctx),
-            target_modules=targets,  # type: ignore[arg-type]  # a regex or a list of names
-            feedforward_modules=feedforward,  # type: ignore[arg-type]
+            target_modules=_layout.module_regex(lay, [lay.k, lay.v, *lay.ffn_out]),
+            feedforward_modules=_layout.module_regex(lay, lay.ffn_out),
+            modules_to_save=head_modules(model, ctx),
         )
         return peft.get_peft_model(model, config)
     return model
 
 
 def merge(model: Any, cfg: PeftConfig, ctx: TrialContext) -> Any:
-    """Fold trained adapters into the base weights: the artifact is a plain model."""
+    """Fold trained adapters into the base weights: the artifact is a plain model. A prompt
+    adapter cannot be folded: it stays a peft model, saved in the ``adapter`` format."""
     from peft import PeftModel
-
-    from paretune.spaces import _artifact
 
     if not isinstance(model, PeftModel):
         return model
+    # the trained task head goes back into the base first: peft's merge cannot unwrap a head
+    # that is not a single Linear (RoBERTa's dense + out_proj, say)
+    _unwrap_saved_modules(model.get_base_model())
     if cfg.method in PROMPT_METHODS:
-        _unwrap_saved_modules(model.get_base_model())
-        ctx.artifact_writer = _artifact.write_base_and_adapter
         return model
     return model.merge_and_unload()
 
@@ -93,4 +132,6 @@ register_family(
     stage=Stage.ADAPT,
     knobs={"method": Choice(*METHODS)},
     compress=merge,
+    shape=shape,
+    check=check,
 )

@@ -32,6 +32,8 @@ class PromptConfig(FamilyConfig):
 def apply(model: Any, cfg: PromptConfig, ctx: TrialContext) -> Any:
     import peft
 
+    from paretune.spaces.peft import head_modules
+
     config = model.config
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
@@ -46,6 +48,7 @@ def apply(model: Any, cfg: PromptConfig, ctx: TrialContext) -> Any:
         num_layers=config.num_hidden_layers,
         prefix_projection=reparam,
         encoder_hidden_size=config.hidden_size,
+        modules_to_save=head_modules(model, ctx),
     )
     try:
         return peft.get_peft_model(model, prompt)

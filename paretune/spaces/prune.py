@@ -6,6 +6,10 @@ gradients and re-applied after adapters are merged, so the artifact carries exac
 `heads` and `ffn` physically remove attention heads (whole key/value groups under
 grouped-query attention) or MLP neurons, the same number in every layer so the config still
 describes the model: matrices shrink, so size_mb and latency_ms drop.
+
+Unstructured zeros are stored dense, so they lower neither size_mb nor latency_ms: the
+default space offers `heads` and `ffn` only (list `unstructured` in the config to search it,
+e.g. to study sparsity against quality).
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext, register_family
+from paretune.spaces import _layout
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    Float,
+    SpaceInfo,
+    Stage,
+    TrialContext,
+    register_family,
+)
 
 SCHEMES = ("unstructured", "heads", "ffn")
 SCOPES = ("global", "layer")
@@ -48,8 +61,6 @@ class PruneConfig(FamilyConfig):
 def layer_linears(model: Any) -> list[Any]:
     import torch.nn as nn
 
-    from paretune.spaces import _layout
-
     return [m for layer in _layout.layer_list(model) for m in layer.modules()
             if isinstance(m, nn.Linear)]
 
@@ -82,18 +93,29 @@ def sparsity(model: Any) -> float:
 
 
 def _take(linear: Any, idx: Any, dim: int) -> Any:
-    """A new Linear keeping rows (dim 0: output features) or columns (dim 1) ``idx``."""
+    """A copy of a Linear keeping output features (dim 0) or input features (dim 1) ``idx``.
+
+    GPT-2's Conv1D stores its weight transposed ([in, out]); it is copied the same way.
+    """
+    import copy
+
     import torch.nn as nn
 
-    weight = linear.weight.detach().index_select(dim, idx).clone()
+    conv1d = type(linear).__name__ == "Conv1D"
+    axis = (1 - dim) if conv1d else dim
+    weight = linear.weight.detach().index_select(axis, idx).clone()
     bias = linear.bias
     if bias is not None and dim == 0:
         bias = bias.detach().index_select(0, idx).clone()
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=weight.device, dtype=weight.dtype)
-    new.weight.data.copy_(weight)
+    new = copy.copy(linear)  # same class and settings; new parameters below
+    new._parameters = dict(linear._parameters)
+    new.weight = nn.Parameter(weight)
     if bias is not None:
-        new.bias.data.copy_(bias.detach())
+        new.bias = nn.Parameter(bias.detach().clone())
+    if conv1d:
+        new.nf = weight.shape[1]
+    else:
+        new.out_features, new.in_features = weight.shape
     return new
 
 
@@ -107,10 +129,10 @@ def heads(model: Any, cfg: PruneConfig) -> None:
     Importance of a head (group) = L1 norm of its rows of Q, K, V and its columns of O."""
     import torch
 
-    from paretune.spaces import _layout
-
     base = _layout.backbone(model)
-    config, model_kind = base.config, _layout.kind(model)
+    config, lay = base.config, _layout.layout(model)
+    if lay.heads is None:
+        raise TrialFailed(f"prune.scheme heads is not supported for {config.model_type!r}.")
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
@@ -119,27 +141,24 @@ def heads(model: Any, cfg: PruneConfig) -> None:
     if keep_groups == n_kv:
         return
     for layer in _layout.layer_list(model):
-        parts = _layout.attention(layer, model_kind)
-        q = parts["q"].weight.detach().abs().view(n_kv, per_group * head_dim, -1).sum((1, 2))
-        o = parts["o"].weight.detach().abs().view(-1, n_kv, per_group * head_dim).sum((0, 2))
-        k = parts["k"].weight.detach().abs().view(n_kv, head_dim, -1).sum((1, 2))
-        v = parts["v"].weight.detach().abs().view(n_kv, head_dim, -1).sum((1, 2))
+        parts = _layout.attention(layer, lay)
+        mod = {name: getattr(parent, attr) for name, (parent, attr) in parts.items()}
+        q = mod["q"].weight.detach().abs().view(n_kv, per_group * head_dim, -1).sum((1, 2))
+        o = mod["o"].weight.detach().abs().view(-1, n_kv, per_group * head_dim).sum((0, 2))
+        k = mod["k"].weight.detach().abs().view(n_kv, head_dim, -1).sum((1, 2))
+        v = mod["v"].weight.detach().abs().view(n_kv, head_dim, -1).sum((1, 2))
         groups = torch.topk(q + k + v + o, keep_groups).indices.sort().values
         q_rows = _rows(groups, per_group * head_dim)
         kv_rows = _rows(groups, head_dim)
-        holder, out = parts["self"], parts["out"]
-        q_name, k_name, v_name, o_name = (
-            ("query", "key", "value", "dense") if model_kind == "bert"
-            else ("q_proj", "k_proj", "v_proj", "o_proj")
-        )
-        setattr(holder, q_name, _take(parts["q"], q_rows, 0))
-        setattr(holder, k_name, _take(parts["k"], kv_rows, 0))
-        setattr(holder, v_name, _take(parts["v"], kv_rows, 0))
-        setattr(out, o_name, _take(parts["o"], q_rows, 1))
-        if model_kind == "bert":
+        for name, rows, dim in (("q", q_rows, 0), ("k", kv_rows, 0), ("v", kv_rows, 0),
+                                ("o", q_rows, 1)):
+            parent, attr = parts[name]
+            setattr(parent, attr, _take(mod[name], rows, dim))
+        if lay.heads == "bert":
+            holder = parts["q"][0]
             holder.num_attention_heads = keep_groups
             holder.all_head_size = keep_groups * head_dim
-    if model_kind == "llama":
+    if lay.heads == "gqa":
         config.num_attention_heads = keep_groups * per_group
         config.num_key_value_heads = keep_groups
         config.head_dim = head_dim
@@ -177,23 +196,26 @@ def ffn(model: Any, cfg: PruneConfig) -> None:
     """Remove the least important MLP neurons (L1 of their rows in and column out)."""
     import torch
 
-    from paretune.spaces import _layout
-
-    config, model_kind = _layout.backbone(model).config, _layout.kind(model)
-    n = config.intermediate_size
+    config, lay = _layout.backbone(model).config, _layout.layout(model)
+    n = getattr(config, lay.ffn_key, None) or 4 * config.hidden_size
     keep = _n_keep(n, cfg.ratio)
     if keep == n:
         return
+
+    def neuron_norms(module: Any, dim: int) -> Any:  # L1 per neuron; Conv1D is transposed
+        axis = 1 - dim if type(module).__name__ == "Conv1D" else dim
+        return module.weight.detach().abs().sum(1 - axis)
+
     for layer in _layout.layer_list(model):
-        ins, outs = _layout.ffn(layer, model_kind)
-        score = sum(getattr(p, a).weight.detach().abs().sum(1) for p, a in ins)
-        score = score + sum(getattr(p, a).weight.detach().abs().sum(0) for p, a in outs)
+        ins, outs = _layout.ffn(layer, lay)
+        score = sum(neuron_norms(getattr(p, a), 0) for p, a in ins)
+        score = score + sum(neuron_norms(getattr(p, a), 1) for p, a in outs)
         idx = torch.topk(score, keep).indices.sort().values
         for parent, attr in ins:
             setattr(parent, attr, _take(getattr(parent, attr), idx, 0))
         for parent, attr in outs:
             setattr(parent, attr, _take(getattr(parent, attr), idx, 1))
-    config.intermediate_size = keep
+    setattr(config, lay.ffn_key, keep)
 
 
 def apply(model: Any, cfg: PruneConfig, ctx: TrialContext) -> Any:
@@ -223,6 +245,32 @@ def _prunes(ratio: float) -> bool:
     return ratio > 0
 
 
+def shape(info: SpaceInfo) -> dict[str, Any] | str:
+    """Structured removal only (it is what lowers size and latency), up to half the heads or
+    neurons; heads where the model's config can describe fewer of them."""
+    lay = _layout.layout_of(info.model_type)
+    if lay is None:
+        return f"paretune does not know where model type {info.model_type!r} keeps its layers"
+    schemes = (["heads"] if lay.heads and info.n_kv_heads > 1 else []) + ["ffn"]
+    return {"ratio": Float(0.0, 0.5, step=0.1), "scheme": Choice(*schemes)}
+
+
+def check(cfg: PruneConfig, info: SpaceInfo) -> None:
+    if cfg.ratio == 0.0:
+        return
+    lay = _layout.layout_of(info.model_type)
+    if lay is None:
+        raise ConfigError(
+            f"prune needs the layer layout of the model, which paretune does not know for "
+            f"model type {info.model_type!r}; set prune.ratio: 0."
+        )
+    if cfg.scheme == "heads" and lay.heads is None:
+        raise ConfigError(
+            f"prune.scheme heads cannot be described by the config of model type "
+            f"{info.model_type!r}; use prune.scheme ffn."
+        )
+
+
 register_family(
     "prune",
     PruneConfig,
@@ -238,4 +286,6 @@ register_family(
         "scope": {"prune.ratio": _prunes, "prune.scheme": "unstructured"},
     },
     compress=make_permanent,
+    shape=shape,
+    check=check,
 )

@@ -1,178 +1,179 @@
-"""Quantization: post-training at COMPRESS (default), or QLoRA's frozen 4-bit base at QUANT_TRAIN.
+"""Quantization: the precision the weights ship in, run by a runtime that has its kernels.
 
-Every 2-D weight the artifact carries is quantized, embeddings included (MiniLM's word
-embeddings alone are half its parameters), and stored packed: int8 codes, or two 4-bit
-codes per byte, plus one fp16 scale per row (`channel`, `dynamic`) or per ``group_size``
-values of a row (`group`, `nf4`). Biases and norms (1-D) are fp16. The artifact is one
-safetensors file whose metadata describes the packing, next to ``config.json``;
-``load_quantized(dir)`` rebuilds a runnable model from it.
+``quant.format`` names the weights (fp32, fp16, bf16, int8, 4-bit per group of 32 / 64 / 128
+values, 4-bit NormalFloat); where the artifact is served, the device latency is measured on
+(``measure.device``), decides which standard runtime ships it (``saved_format``):
 
-Why a hand-written format rather than torchao: the packed int4/NF4 safetensors format here
-covers Linear and Embedding weights alike on CPU with a ~100-line loader and no extra
-dependency; torchao's CPU int4 layouts and tensor-subclass serialization depend on its
-version, and embeddings need a separate config there. Quality is measured on exactly what
-the loader rebuilds: the in-memory weights are replaced by their dequantized values, and
-`dynamic` additionally runs Linear layers with PyTorch's dynamic int8 kernels.
+- fp32, fp16, bf16: transformers safetensors in that dtype, run by torch on either device.
+- int8: on the CPU, ONNX Runtime with int8 weights per row and activations quantized to
+  int8 per batch (``MatMulInteger``; embeddings int8); on a GPU, transformers + torchao,
+  int8 weights per row with bf16 activations.
+- int4-gN: on the CPU, ONNX Runtime with 4-bit weights per block of N (``MatMulNBits``;
+  embeddings 4-bit, ``GatherBlockQuantized``); on a GPU, transformers + torchao, 4-bit per
+  group of N (tinygemm) with bf16 activations, embeddings bf16.
+- nf4-g64: on a GPU, transformers + bitsandbytes NF4 (blocks of 64), embeddings bf16; no CPU
+  runtime, so never offered there.
+
+Every artifact loads without paretune (``paretune.spaces._formats``), and the trial measures
+quality and latency on the artifact as that runtime loads it. fp16 has no fast kernels on
+CPUs and bf16 only on CPUs with AVX512-BF16 or AMX: where latency is an objective, those are
+not offered on the CPU (they stay size choices otherwise). The in-memory model is not
+changed here: the COMPRESS hook only names the saved format; the artifact writer quantizes.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 from paretune.errors import ConfigError, TrialFailed
-from paretune.spaces._base import Choice, FamilyConfig, Stage, TrialContext, register_family
-
-__all__ = ["QuantConfig", "load_quantized", "pack", "unpack"]
-
-BITS = (32, 16, 8, 4)
-SCHEMES = ("channel", "group", "dynamic", "nf4")
-MODES = ("ptq", "qlora")
-WEIGHTS_FILE = "model.safetensors"
-META_KEY = "paretune_quant"
-# NF4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1].
-NF4 = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+from paretune.spaces._base import (
+    Choice,
+    FamilyConfig,
+    SpaceInfo,
+    Stage,
+    TrialContext,
+    register_family,
 )
+
+__all__ = ["FORMATS", "QuantConfig", "estimated_size_mb", "offered", "saved_format"]
+
+# quant.format -> (bits of a weight, values per scale; 0: one scale per row)
+FORMATS: dict[str, tuple[int, int]] = {
+    "fp32": (32, 0),
+    "fp16": (16, 0),
+    "bf16": (16, 0),
+    "int8": (8, 0),
+    "int4-g32": (4, 32),
+    "int4-g64": (4, 64),
+    "int4-g128": (4, 128),
+    "nf4-g64": (4, 64),
+}
+HALF = ("fp16", "bf16")
+MODES = ("ptq", "qlora")
+# the package a format needs where it is served: (format prefix, device) -> import name
+_NEEDS = {("int", "cpu"): "onnxruntime", ("int", "cuda"): "torchao",
+          ("nf4", "cuda"): "bitsandbytes"}
 
 
 @dataclass(frozen=True)
 class QuantConfig(FamilyConfig):
-    """bits: 32 (off), 16 (fp16), 8 or 4. scheme: `channel` (symmetric int, one scale per
-    row), `group` (one scale per group_size values), `dynamic` (int8 weights per row and int8
-    activations at run time; bits 8), `nf4` (4-bit NormalFloat per group; bits 4).
-    group_size: values per scale for group / nf4. mode: `ptq` (after training) or `qlora`
-    (train adapters on a frozen 4-bit NF4 base; needs a CUDA GPU and bitsandbytes).
+    """format: `fp32` (off), `fp16` / `bf16` (half-precision weights), `int8` (int8 weights,
+    one scale per row), `int4-gN` (4-bit weights, one scale per N values of a row), `nf4-g64`
+    (4-bit NormalFloat, QLoRA's data type; CUDA). mode: `ptq` (after training) or `qlora`
+    (train adapters on a frozen NF4 base; needs a CUDA GPU, bitsandbytes and nf4-g64).
     """
 
-    bits: int = 32
-    scheme: str = "channel"
-    group_size: int = 64
+    format: str = "fp32"
     mode: str = "ptq"
 
     def __post_init__(self) -> None:
-        if self.bits not in BITS:
-            raise ConfigError(f"quant.bits must be one of 32, 16, 8, 4, but got {self.bits!r}.")
-        if self.scheme not in SCHEMES:
+        if self.format not in FORMATS:
             raise ConfigError(
-                f"quant.scheme must be one of {', '.join(SCHEMES)}, but got {self.scheme!r}."
-            )
-        if not (isinstance(self.group_size, int) and self.group_size >= 8):
-            raise ConfigError(
-                f"`quant.group_size >= 8` (an integer) must hold, but got {self.group_size!r}."
+                f"quant.format must be one of {', '.join(FORMATS)}, but got {self.format!r}."
             )
         if self.mode not in MODES:
             raise ConfigError(
                 f"quant.mode must be one of {', '.join(MODES)}, but got {self.mode!r}."
             )
 
+    @property
+    def bits(self) -> int:
+        return FORMATS[self.format][0]
 
-def check(cfg: QuantConfig, ctx: TrialContext) -> None:
-    """Combinations that cannot work fail here, before any training."""
-    if cfg.bits in (32, 16) and cfg.mode == "ptq":
-        return
-    if cfg.scheme == "dynamic" and cfg.bits != 8:
-        raise TrialFailed(f"quant.scheme dynamic is int8: it needs quant.bits 8, not {cfg.bits}.")
-    if cfg.scheme == "nf4" and cfg.bits != 4:
-        raise TrialFailed(f"quant.scheme nf4 is 4-bit: it needs quant.bits 4, not {cfg.bits}.")
-    if cfg.scheme == "dynamic" and not ctx.device.startswith("cpu"):
-        raise TrialFailed(
-            "quant.scheme dynamic runs PyTorch's int8 CPU kernels, but the trial runs on "
-            f"{ctx.device}; use quant.scheme channel or group there."
+    @property
+    def group_size(self) -> int:
+        return FORMATS[self.format][1]
+
+
+def saved_format(fmt: str, device: str) -> tuple[str, dict[str, Any]] | None:
+    """(saved format, its options) of quant.format ``fmt`` served on ``device`` (cpu or
+    cuda), or None where no runtime runs it there."""
+    if fmt == "fp32" or fmt in HALF:
+        return "transformers", {"dtype": fmt}
+    weights = fmt.split("-")[0]
+    block = FORMATS[fmt][1]
+    if weights == "nf4":
+        return ("bitsandbytes", {}) if device == "cuda" else None
+    return ("onnx" if device == "cpu" else "torchao"), {"weights": weights, "block": block}
+
+
+def _needs(fmt: str, device: str) -> str | None:
+    return _NEEDS.get((fmt[:3], device))
+
+
+def _installed(module: str | None) -> bool:
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 weights run faster
+    than fp32 there; elsewhere PyTorch emulates bf16, slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def offered(info: SpaceInfo) -> list[str]:
+    """The formats a study offers: a runtime runs them on the device latency is measured on
+    (``info.measure_device``) and its package is installed. Half precision without fast
+    kernels (fp16 on CPUs; bf16 on CPUs without AVX512-BF16 / AMX) is offered only when
+    latency is not an objective: there it would only ever be slower than fp32."""
+    device = info.measure_device
+    latency = "latency_ms" in info.objectives
+    out = []
+    for fmt in FORMATS:
+        if saved_format(fmt, device) is None or not _installed(_needs(fmt, device)):
+            continue
+        slow = fmt == "fp16" or (fmt == "bf16" and not cpu_has_bf16())
+        if device == "cpu" and latency and slow:
+            continue
+        if device == "cuda" and fmt == "bf16" and not info.bf16:
+            continue
+        out.append(fmt)
+    return out
+
+
+def shape(info: SpaceInfo) -> dict[str, Any]:
+    """Every format that runs, in a standard runtime with its kernels, where the study
+    measures; QLoRA only if the config lists it (it changes how adapters train)."""
+    return {"format": Choice(*offered(info))}
+
+
+def check(cfg: QuantConfig, info: SpaceInfo) -> None:
+    """Formats and modes that cannot run where the study trains and measures."""
+    device = info.measure_device
+    if saved_format(cfg.format, device) is None:
+        raise ConfigError(
+            f"quant.format {cfg.format} runs in bitsandbytes on a CUDA GPU, but artifacts are "
+            f"measured on {device} (measure.device); use int4-g64 there."
+        )
+    need = _needs(cfg.format, device)
+    if not _installed(need):
+        pip = "onnxruntime onnx" if need == "onnxruntime" else need
+        raise ConfigError(
+            f"quant.format {cfg.format} on {device} ships for {need}, which is not installed: "
+            f"pip install {pip}."
         )
     if cfg.mode == "qlora":
-        if not ctx.device.startswith("cuda"):
-            raise TrialFailed(
-                f"quant.mode qlora trains on a 4-bit base, which needs a CUDA GPU "
-                f"(bitsandbytes), but the trial runs on {ctx.device}; use quant.mode ptq."
+        if info.device != "cuda" or not _installed("bitsandbytes"):
+            raise ConfigError(
+                "quant.mode qlora trains on a 4-bit base through bitsandbytes on a CUDA GPU; "
+                f"trials run on {info.device}"
+                f"{'' if _installed('bitsandbytes') else ' without bitsandbytes'}: "
+                "use quant.mode ptq."
             )
-        if cfg.bits != 4 or cfg.scheme != "nf4":
-            raise TrialFailed("quant.mode qlora needs quant.bits 4 and quant.scheme nf4.")
-        if ctx.params.get("peft.method") not in ("lora", "dora", "adalora"):
-            raise TrialFailed(
-                "quant.mode qlora trains LoRA adapters on the frozen 4-bit base: it needs "
-                f"peft.method lora, dora or adalora, not {ctx.params.get('peft.method')!r}."
-            )
-
-
-# --- packing ---------------------------------------------------------------------------
-
-
-def _blocks(w: Any, size: int) -> Any:
-    import torch.nn.functional as F
-
-    rows, cols = w.shape
-    pad = (-cols) % size
-    return F.pad(w.float(), (0, pad)).view(rows, -1, size)
-
-
-def pack(w: Any, bits: int, scheme: str, group_size: int) -> tuple[dict[str, Any], Any]:
-    """Quantize a 2-D weight: ``({"q": codes, "s": fp16 scales}, dequantized weight)``."""
-    import torch
-
-    rows, cols = w.shape
-    size = group_size if scheme in ("group", "nf4") else cols
-    blocks = _blocks(w.detach(), size)
-    absmax = blocks.abs().amax(-1, keepdim=True)
-    if scheme == "nf4":
-        scale = absmax.clamp_min(1e-7).half()
-        levels = torch.tensor(NF4, device=w.device)
-        codes = torch.empty(blocks.shape, dtype=torch.uint8, device=w.device)
-        for start in range(0, rows, 1024):  # bounded memory on large embedding tables
-            part = blocks[start : start + 1024] / scale[start : start + 1024].float()
-            codes[start : start + 1024] = (part.unsqueeze(-1) - levels).abs().argmin(-1)
-        deq = levels[codes.long()] * scale.float()
-    else:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (absmax / qmax).clamp_min(1e-7).half()
-        q = torch.round(blocks / scale.float()).clamp(-qmax, qmax)
-        deq = q * scale.float()
-        codes = q.to(torch.int8) if bits == 8 else (q + 8).to(torch.uint8)
-    codes = codes.view(rows, -1)
-    if bits == 4:
-        flat = codes.flatten()
-        if flat.numel() % 2:
-            flat = torch.cat([flat, flat.new_zeros(1)])
-        codes = flat[0::2] | (flat[1::2] << 4)
-    deq = deq.view(rows, -1)[:, :cols].to(w.dtype)
-    return {"q": codes.contiguous(), "s": scale.view(rows, -1).contiguous()}, deq
-
-
-def unpack(
-    parts: dict[str, Any], shape: list[int], bits: int, scheme: str, group_size: int
-) -> Any:
-    """The dequantized fp32 weight of ``pack``'s output."""
-    import torch
-
-    rows, cols = shape
-    scale = parts["s"].float()
-    n_groups = scale.shape[1]
-    size = group_size if scheme in ("group", "nf4") else cols
-    codes = parts["q"]
-    if bits == 4:
-        flat = torch.stack([codes & 0x0F, codes >> 4], dim=1).flatten()
-        codes = flat[: rows * n_groups * size]
-    codes = codes.reshape(rows, n_groups, size)
-    if scheme == "nf4":
-        values = torch.tensor(NF4)[codes.long()]
-    elif bits == 4:
-        values = codes.float() - 8
-    else:
-        values = codes.float()
-    return (values * scale.unsqueeze(-1)).view(rows, -1)[:, :cols]
 
 
 # --- the family's hooks ---------------------------------------------------------------
 
 
 def prepare(model: Any, cfg: QuantConfig, ctx: TrialContext) -> Any:
-    """QUANT_TRAIN: check the combination; for QLoRA, freeze the layers' Linears in NF4."""
-    check(cfg, ctx)
+    """QUANT_TRAIN: for QLoRA, freeze the layers' Linears in NF4."""
     if cfg.mode != "qlora":
         return model
     try:
@@ -227,107 +228,37 @@ def _dequantize_bnb(model: Any) -> None:
 
 
 def quantize(model: Any, cfg: QuantConfig, ctx: TrialContext) -> Any:
-    """COMPRESS: pack every weight, put the dequantized values back, set the artifact writer."""
-    import torch
-
+    """COMPRESS: name the saved format (the writer quantizes); QLoRA's 4-bit layers, whose
+    adapters were merged, go back to float Linears first."""
     from paretune.spaces import _layout
 
-    if cfg.bits == 32:
-        return model
-    base = _layout.backbone(model)
     if cfg.mode == "qlora":
+        base = _layout.backbone(model)
         _dequantize_bnb(base)
-    packed: dict[str, Any] = {}
-    shapes: dict[str, list[int]] = {}  # packed weights; every other tensor is stored as is
-    with torch.no_grad():
-        for name, tensor in base.state_dict().items():
-            if not tensor.is_floating_point():
-                packed[name] = tensor.detach().cpu().contiguous()
-            elif tensor.dim() == 2 and cfg.bits < 16:
-                parts, deq = pack(tensor, cfg.bits, cfg.scheme, cfg.group_size)
-                packed[f"{name}.q"], packed[f"{name}.s"] = parts["q"].cpu(), parts["s"].cpu()
-                shapes[name] = list(tensor.shape)
-                tensor.copy_(deq)
-            else:  # biases and norms (and, at 16 bits, everything): fp16
-                packed[name] = tensor.detach().half().cpu().contiguous()
-                tensor.copy_(packed[name].float())
-    meta = {"bits": cfg.bits, "scheme": cfg.scheme, "group_size": cfg.group_size,
-            "packed": shapes}
-    if cfg.scheme == "dynamic" and cfg.bits == 8:
-        _dynamic_int8(base)
-    config = base.config
-
-    def write(shipped: Any, directory: str) -> None:
-        from safetensors.torch import save_file
-
-        from paretune.spaces import _artifact
-
-        os.makedirs(directory, exist_ok=True)
-        config.architectures = [type(base).__name__]  # what load_quantized rebuilds
-        config.save_pretrained(directory)
-        save_file(packed, os.path.join(directory, WEIGHTS_FILE),
-                  metadata={META_KEY: json.dumps(meta)})
-        _artifact.save_adapter(shipped, directory)
-
-    ctx.artifact_writer = write
+        base.is_loaded_in_4bit = False  # float again: saved as the format says
+    device = ctx.info.measure_device if ctx.info is not None else "cpu"
+    found = saved_format(cfg.format, device)
+    if found is None:
+        raise TrialFailed(f"quant.format {cfg.format} has no runtime on {device}.")
+    ctx.saved_format, ctx.save_options = found
     return model
 
 
-def _dynamic_int8(model: Any) -> None:
-    """Run every Linear with int8 weights (per row) and int8 activations quantized per batch."""
-    import torch
-    import torch.ao.quantization as tq
+def estimated_size_mb(model: Any, cfg: QuantConfig) -> float:
+    """A lower bound of size_mb (10^6 bytes) for ``cfg.format``, from the model's parameters
+    before training: every 2-D weight at the format's bits, everything else at 16 bits (32 in
+    fp32). Every runtime stores at least that (scales, zero points, the config and the graph
+    come on top; some keep embeddings or norms wider), which is what early stopping needs: it
+    never makes a trial look bigger than it will be."""
+    from paretune.spaces import _layout
 
-    qconfig = tq.per_channel_dynamic_qconfig
-    tq.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
-
-
-def is_quantized(directory: str | os.PathLike[str]) -> bool:
-    """True if ``directory`` holds weights packed by this family."""
-    from safetensors import safe_open
-
-    path = os.path.join(str(directory), WEIGHTS_FILE)
-    if not os.path.isfile(path):
-        return False
-    with safe_open(path, framework="pt") as f:
-        return META_KEY in (f.metadata() or {})
-
-
-def _auto_class(config: Any) -> Any:
-    """The transformers auto class an artifact's config was saved from."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    return AutoModelForCausalLM if arch.endswith("ForCausalLM") else (
-        AutoModelForSequenceClassification
-    )
-
-
-def load_quantized(directory: str | os.PathLike[str]) -> Any:
-    """Rebuild a runnable model (with its adapter, if one ships) from a quantized artifact."""
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig
-
-    from paretune.spaces import _artifact, _pruned_bert
-
-    _pruned_bert.register()  # head-pruned BERTs have their own config class
-    directory = str(directory)
-    with safe_open(os.path.join(directory, WEIGHTS_FILE), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})[META_KEY])
-        stored = {k: f.get_tensor(k) for k in f.keys()}
-    state = {}
-    for name, shape in meta["packed"].items():
-        parts = {"q": stored.pop(f"{name}.q"), "s": stored.pop(f"{name}.s")}
-        state[name] = unpack(parts, shape, meta["bits"], meta["scheme"], meta["group_size"])
-    for name, tensor in stored.items():
-        state[name] = tensor.float() if tensor.dtype == torch.float16 else tensor
-    config = AutoConfig.from_pretrained(directory)
-    model = _auto_class(config).from_config(config)
-    model.load_state_dict(state, strict=True)
-    if meta["scheme"] == "dynamic" and meta["bits"] == 8:
-        _dynamic_int8(model)
-    return _artifact.attach_adapter(model.eval(), directory)
+    total = 0.0
+    for p in _layout.backbone(model).parameters():
+        if cfg.bits >= 16 or p.dim() != 2:
+            total += p.numel() * (4 if cfg.bits == 32 else 2)
+        else:
+            total += p.numel() * cfg.bits / 8
+    return total / 1e6
 
 
 register_family(
@@ -336,14 +267,16 @@ register_family(
     prepare,
     stage=Stage.QUANT_TRAIN,
     knobs={
-        "bits": Choice(*BITS),
-        "scheme": Choice(*SCHEMES),
-        "group_size": Choice(32, 64, 128),
+        "format": Choice(*FORMATS),
         "mode": Choice("ptq"),  # qlora needs a GPU: name it in the config to search it
     },
     knob_when={
-        "scheme": {"quant.bits": (8, 4)},
-        "group_size": {"quant.scheme": ("group", "nf4")},
+        # a prompt adapter ships beside an fp32 base: its prefixes run in peft's torch code
+        "format": {"peft.method": lambda m: m not in ("prefix", "ptuning")},
+        # QLoRA freezes an NF4 base under LoRA-style adapters: only on that branch
+        "mode": {"quant.format": ("nf4-g64",), "peft.method": ("lora", "dora", "adalora")},
     },
     compress=quantize,
+    shape=shape,
+    check=check,
 )

@@ -13,19 +13,25 @@ from paretune.spaces._base import (
     FamilyConfig,
     Float,
     Int,
+    SpaceInfo,
     Stage,
+    Switch,
     TrialContext,
     register_family,
 )
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+INITS = ("pretrained", "finetuned")
 
 
 @dataclass(frozen=True)
 class TrainConfig(FamilyConfig):
     """Fine-tuning with AdamW.
 
+    init: start from the `pretrained` base, or from the `finetuned` reference (the base fully
+    fine-tuned on the task once per study, see ``paretune.reference``) and recover from
+    compression with short training (0 epochs: compress the reference as it is).
     lr: peak learning rate. epochs: passes over the training split. batch_size: examples per
     optimizer step. weight_decay: AdamW decoupled weight decay. warmup_ratio: fraction of the
     steps over which the rate rises linearly from 0 to lr. scheduler: decay after warm-up,
@@ -33,6 +39,7 @@ class TrainConfig(FamilyConfig):
     backward, `fp32`, `bf16` (CPU or a GPU that has it) or `fp16` (CUDA only).
     """
 
+    init: str = "pretrained"
     lr: float = 5e-4
     epochs: int = 2
     batch_size: int = 16
@@ -42,11 +49,15 @@ class TrainConfig(FamilyConfig):
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(
+                f"train.init must be one of {', '.join(INITS)}, but got {self.init!r}."
+            )
         if not 0.0 < self.lr <= 1.0:
             raise ConfigError(f"`0 < train.lr <= 1` must hold, but got {self.lr}.")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+        if not (isinstance(self.epochs, int) and self.epochs >= 0):
             raise ConfigError(
-                f"`train.epochs >= 1` (an integer) must hold, but got {self.epochs}."
+                f"`train.epochs >= 0` (an integer) must hold, but got {self.epochs}."
             )
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(
@@ -139,14 +150,19 @@ def fit(
     loss_terms: Any = (),
     step_hooks: Any = (),
     log: Any = lambda line: None,
+    eval_hooks: Any = (),
 ) -> tuple[float, float]:
     """Train ``model`` in place on a tokenized split; returns (seconds, mean loss).
 
     ``loss_terms`` are ``term(loss, logits, batch, labels) -> loss`` (e.g. distillation);
     ``step_hooks`` are called with the step number after each optimizer step (e.g. AdaLoRA's
-    rank reallocation, which reads that step's gradients); ``log`` gets progress lines.
+    rank reallocation, which reads that step's gradients); ``log`` gets progress lines;
+    ``eval_hooks`` are called as ``hook(model, steps done, total steps)`` after each epoch but
+    the last (the model in eval mode meanwhile).
     """
     import torch
+
+    from paretune import devicelock
 
     dtype = autocast_dtype(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -156,6 +172,7 @@ def fit(
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_ratio * total)
+    checkpoints = {round(total * (e + 1) / cfg.epochs) for e in range(cfg.epochs - 1)}
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, cfg.scheduler)
     )
@@ -168,29 +185,36 @@ def fit(
         order = torch.randperm(len(data), generator=gen)
         epoch_start, epoch_loss = step, 0.0
         for batch, labels in batches(data, cfg.batch_size, order, device):
-            with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-                out = model(**batch)
-                loss = task_loss(out.logits, labels)
-                for term in loss_terms:
-                    loss = term(loss, out.logits, batch, labels)
-            if not torch.isfinite(loss):
-                raise TrialFailed(
-                    f"training loss became {loss.item()} at step {step} (epoch {epoch}); "
-                    "lower train.lr."
-                )
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            for hook in step_hooks:
-                hook(step)
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            value = loss.item()
+            with devicelock.shared(device):  # a timing on this device waits for it
+                kind = device.split(":")[0]
+                with torch.autocast(kind, dtype=dtype, enabled=dtype is not None):
+                    out = model(**batch)
+                    loss = task_loss(out.logits, labels)
+                    for term in loss_terms:
+                        loss = term(loss, out.logits, batch, labels)
+                if not torch.isfinite(loss):
+                    raise TrialFailed(
+                        f"training loss became {loss.item()} at step {step} (epoch {epoch}); "
+                        "lower train.lr."
+                    )
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                for hook in step_hooks:
+                    hook(step)
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                value = loss.item()
+            if step in checkpoints and eval_hooks:
+                model.eval()
+                for check in eval_hooks:
+                    check(model, step, total)
+                model.train()
             loss_sum += value
             epoch_loss += value
             if time.perf_counter() - shown >= PROGRESS_EVERY_S:
@@ -207,14 +231,55 @@ def fit(
 
 
 def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
+    if cfg.epochs == 0:  # compressed as it is (the finetuned reference, or a pretrained LM)
+        ctx.stats["train_time_s"] = 0.0
+        ctx.stats["trainable_params"] = 0.0
+        return model
     seconds, loss = fit(
         model, cfg, ctx.train_data, ctx.device, ctx.seed, ctx.loss_terms, ctx.step_hooks,
-        log=ctx.log,
+        log=ctx.log, eval_hooks=ctx.eval_hooks,
     )
     ctx.stats["train_time_s"] = seconds
     ctx.stats["train_loss"] = loss
     return model
 
+
+def shape(info: SpaceInfo) -> dict[str, Any]:
+    """bf16 autocast where the device has it (GPUs since Ampere); fp32 on the CPU, where
+    autocast is slower than fp32 for models of this size."""
+    return {"precision": Choice("bf16" if info.device == "cuda" and info.bf16 else "fp32")}
+
+
+def check(cfg: TrainConfig, info: SpaceInfo) -> None:
+    if cfg.precision == "fp16" and info.device != "cuda":
+        raise ConfigError(
+            f"train.precision fp16 needs a CUDA GPU, but trials run on {info.device}; "
+            "use bf16 or fp32."
+        )
+    if cfg.precision == "bf16" and not info.bf16:
+        raise ConfigError("train.precision bf16 is not supported by this GPU; use fp16 or fp32.")
+
+
+# Default ranges per way of training, from bench/calibrate.py (docs/knobs.md has the table):
+# a full fine-tune peaks near 3e-4, LoRA near 1e-3 (NaN in bf16 at 3e-3), IA3 near 3e-2, the
+# head alone near 1e-1; recovering a 3-layer copy of the finetuned reference wants 1e-4..3e-4
+# and 2-3 epochs.
+_FRESH_LR = {
+    "none": Float(1e-4, 6e-4, log=True),
+    "lora": Float(5e-4, 2e-3, log=True),
+    "dora": Float(5e-4, 2e-3, log=True),
+    "adalora": Float(5e-4, 3e-3, log=True),
+    "ia3": Float(1e-2, 6e-2, log=True),
+    "head": Float(2e-2, 2e-1, log=True),
+    "prefix": Float(3e-3, 3e-2, log=True),
+    "ptuning": Float(3e-3, 3e-2, log=True),
+}
+_RECOVER_LR = Switch("peft.method", {"none": Float(1e-4, 5e-4, log=True)},
+                     default=Float(5e-4, 2e-3, log=True))
+_FRESH_EPOCHS = Switch("peft.method", {"none": Int(3, 6), "head": Int(5, 10)},
+                       default=Int(4, 8))
+_LR = Switch("train.init", {"finetuned": _RECOVER_LR},
+             default=Switch("peft.method", _FRESH_LR, default=Float(1e-4, 1e-3, log=True)))
 
 register_family(
     "train",
@@ -222,12 +287,15 @@ register_family(
     train,
     stage=Stage.TRAIN,
     knobs={
-        "lr": Float(1e-5, 1e-3, log=True),
-        "epochs": Int(1, 3),
-        "batch_size": Choice(8, 16, 32),
-        "weight_decay": Float(0.0, 0.1),
-        "warmup_ratio": Float(0.0, 0.2, step=0.05),
-        "scheduler": Choice(*SCHEDULERS),
-        "precision": Choice("fp32"),  # bf16 / fp16 are device-dependent: name them to search
+        "init": Choice(*INITS),
+        "lr": _LR,
+        "epochs": Switch("train.init", {"finetuned": Int(0, 3)}, default=_FRESH_EPOCHS),
+        "batch_size": Choice(16, 32),
+        "weight_decay": Choice(0.01),
+        "warmup_ratio": Choice(0.1),
+        "scheduler": Choice("linear"),
+        "precision": Choice("fp32"),
     },
+    shape=shape,
+    check=check,
 )

@@ -17,12 +17,12 @@ def _cfg(raw: dict[str, Any], **launcher: Any) -> Any:
 def test_options_are_the_keys_of_the_chosen_launcher(raw_config: dict[str, Any]) -> None:
     assert _cfg(raw_config).launcher.options() == {}
     assert _cfg(raw_config, type="multiprocess", workers=4).launcher.options() == {
-        "max_concurrent": None, "retries": 0, "workers": 4, "device": "auto",
+        "max_concurrent": None, "retries": 0, "workers": 4, "device": "auto", "mps": "auto",
     }
     ray = _cfg(raw_config, type="ray", gpus_per_trial=0.25, address="auto")
     assert ray.launcher.options() == {
         "max_concurrent": None, "retries": 0, "address": "auto", "gpus_per_trial": 0.25,
-        "cpus_per_trial": 1.0, "device": "auto",
+        "cpus_per_trial": 1.0, "device": "auto", "mps": "auto",
     }
 
 

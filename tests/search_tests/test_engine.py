@@ -113,9 +113,11 @@ def test_resume_counts_completed_trials(raw_config: dict[str, Any]) -> None:
 
 
 def test_resume_with_another_model_is_refused(raw_config: dict[str, Any], tmp_path: Any) -> None:
+    import shutil
+
     run_study(_cfg(raw_config, n_trials=1), trial_fn=fake_trial, log=_quiet)
     other = tmp_path / "other"
-    other.mkdir()
+    shutil.copytree(raw_config["model"]["name"], other)
     raw_config["model"]["name"] = str(other)
     with pytest.raises(ConfigError, match="resumed study keeps its model"):
         open_study(_cfg(raw_config))
@@ -137,23 +139,32 @@ def test_interrupt_records_running_trial_and_keeps_completed(raw_config: dict[st
     assert len(resumed.get_trials(states=(COMPLETE,))) == 4
 
 
-def test_stale_running_trial_is_failed_on_resume(raw_config: dict[str, Any]) -> None:
-    cfg = _cfg(raw_config, n_trials=1)
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare ask, as Optuna's
+def test_trial_without_heartbeat_is_failed_after_the_grace_period(
+    raw_config: dict[str, Any],
+) -> None:
+    """A trial asked by a driver that died before its first heartbeat (or by an older
+    paretune): the next driver waits for it as for any running trial, fails it once it is
+    older than the grace period, and replaces it."""
+    cfg = _cfg(raw_config, n_trials=1, heartbeat_interval=1, grace_period=2)
     study = open_study(cfg)
-    study.ask()  # a driver that died left this RUNNING
+    study.ask()  # RUNNING, no heartbeat: its driver died at once
     study = run_study(cfg, trial_fn=fake_trial, log=_quiet)
     assert study.trials[0].state == FAIL and study.trials[0].user_attrs["error"] == INTERRUPTED
-    assert study.trials[1].state == COMPLETE
+    assert [t.state for t in study.trials[1:]] == [COMPLETE]
 
 
 def test_constraints_mark_infeasible_and_reach_the_sampler(raw_config: dict[str, Any]) -> None:
     raw_config["study"]["constraints"] = ["accuracy >= 0.65"]
     study = run_study(_cfg(raw_config, n_trials=8, sampler="tpe"), trial_fn=fake_trial, log=_quiet)
     done = study.get_trials(states=(COMPLETE,))
+    assert study.user_attrs["paretune.constraints"] == ["accuracy >= 0.65"]
     for t in done:
         assert t.user_attrs["feasible"] == (t.user_attrs["accuracy"] >= 0.65)
         violation = pytest.approx(0.65 - t.user_attrs["accuracy"])
-        assert t.constraints == {"accuracy >= 0.65": violation}
+        # the list Optuna's samplers and optuna-dashboard both read
+        assert t.system_attrs["constraints"] == [violation]
+        assert list(t.constraints.values()) == [violation]
     assert all(t.user_attrs["feasible"] for t in front_trials(study))
 
 

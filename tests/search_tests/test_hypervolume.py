@@ -222,3 +222,26 @@ def test_engine_records_the_history_after_each_completed_trial(small_study: Any)
     assert history["reference_point"] == pytest.approx(
         derive_reference_point([t.values for t in done], directions)
     )
+
+
+@pytest.mark.parametrize("dims,seed", [(2, 0), (2, 1), (3, 2), (4, 3), (5, 4)])
+def test_own_exact_hypervolume_matches_inclusion_exclusion(dims: int, seed: int) -> None:
+    """paretune's own computation, used where Optuna's (not public API) is missing."""
+    from paretune.search._hypervolume import exact_hypervolume
+
+    rng = random.Random(seed)
+    points = [tuple(rng.uniform(0, 1) for _ in range(dims)) for _ in range(7)]
+    ref = tuple(1.0 + 0.1 * i for i in range(dims))
+    assert exact_hypervolume(points, ref) == pytest.approx(
+        _inclusion_exclusion(points, ref), rel=1e-9
+    )
+
+
+def test_hypervolume_without_optuna_s_private_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)  # import fails
+    assert hypervolume([(1, 3), (2, 2), (3, 1)], MIN2, (4, 4)) == pytest.approx(6.0)
+    front = [(0.9, 3.0), (0.8, 2.0), (0.7, 1.0)]
+    assert hypervolume(front, ["maximize", "minimize"], (0.6, 4.0)) == pytest.approx(0.6)
+    assert hypervolume([(1, 2, 1), (2, 1, 1)], MIN3, (3, 3, 3)) == pytest.approx(6.0)

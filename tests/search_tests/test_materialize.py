@@ -86,17 +86,25 @@ def test_materialize_refuses_a_non_empty_directory(small_study: Any, tmp_path: P
         materialize({"model": "x"}, tmp_path / "new")
 
 
-@pytest.mark.parametrize("params", [
-    {"quant.bits": 8, "quant.scheme": "channel"},
-    {"peft.method": "prefix", "prompt.virtual_tokens": 4},
+@pytest.mark.parametrize("params,library", [
+    ({"quant.format": "int8"}, "onnx"),
+    ({"peft.method": "prefix", "prompt.virtual_tokens": 4}, "peft"),
 ], ids=["int8", "prefix-adapter"])
-def test_materialized_compressed_model_reloads_with_load_artifact(
-    params: dict[str, Any], raw_config: dict[str, Any], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+def test_materialized_model_card_loads_as_written_without_paretune(
+    params: dict[str, Any], library: str, raw_config: dict[str, Any], tmp_path: Path,
 ) -> None:
-    """Packed int8 weights and an adapter shipped beside its base: the card's loader brings
-    back the model that was measured."""
+    """ONNX Runtime int8, and an adapter shipped beside its base: the card's load code, run
+    as written in a process where paretune cannot be imported, classifies the eval rows at
+    the recorded accuracy; paretune's own loader agrees; the card's metadata says what the
+    artifact is; weight files are readable by others, as ordinary files are."""
+    import json
+    import os
+    import stat
+    import subprocess
+    import sys
+
     import torch
+    from huggingface_hub import ModelCard
     from transformers import AutoTokenizer
 
     from paretune import data
@@ -113,16 +121,38 @@ def test_materialized_compressed_model_reloads_with_load_artifact(
     recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
     out = tmp_path / "model"
     assert main(["materialize", str(tmp_path / "r.yaml"), "-o", str(out), "--quiet"]) == 0
-    card = (out / "README.md").read_text()
-    assert 'model = load_artifact("PATH")' in card
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == library
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.base_model is None  # a local random-init model has no hub id
+    [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    rows = data.load_task_data(recipe["task"], recipe["seed"])
+    names = json.loads((out / ("base/config.json" if library == "peft" else "config.json"))
+                       .read_text())["id2label"]
+    expected = [names[str(y)] for y in rows.eval_labels]
+    check = (f"texts = {rows.eval_texts!r}\nexpected = {expected!r}\n"
+             "got = predict(texts)\n"
+             "print('RESULT', sum(a == b for a, b in zip(got, expected)) / len(expected))\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['paretune'] = None\n" + snippet + check],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "",
+                                             "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    accuracy = float(proc.stdout.rpartition("RESULT ")[2])
+    assert abs(accuracy - recipe["metrics"]["accuracy"]) <= 0.01
+    assert abs(result.metric_value - accuracy) <= 0.01  # the card's number is this model's
 
     model = load_artifact(out)
-    rows = data.load_task_data(recipe["task"], recipe["seed"])
     split = data.tokenize(
         AutoTokenizer.from_pretrained(out), rows.eval_texts, rows.eval_labels,
         recipe["model"]["max_length"], "materialized-eval", None,
     )
     with torch.inference_mode():
         logits = model(input_ids=split.input_ids, attention_mask=split.attention_mask).logits
-    accuracy = float((logits.argmax(-1) == split.labels).float().mean())
-    assert abs(accuracy - recipe["metrics"]["accuracy"]) <= 0.01
+    assert abs(float((logits.argmax(-1) == split.labels).float().mean()) - accuracy) <= 0.01
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & stat.S_IROTH, path  # not private: rw-r--r--

@@ -55,8 +55,7 @@ def test_prune_heads_shrinks_minilm(context: dict[str, Any], tmp_path: Path) -> 
 
 
 def test_quant_4bit_minilm_is_an_eighth(context: dict[str, Any], tmp_path: Path) -> None:
-    _, _, size = ship(context, tmp_path, **{"quant.bits": 4, "quant.scheme": "group",
-                                             "quant.group_size": 64})
+    _, _, size = ship(context, tmp_path, **{"quant.format": "int4-g64"})
     assert size <= 0.16 * 90.9e6
 
 

@@ -36,11 +36,12 @@ def test_qlora_trains_lora_on_a_frozen_nf4_base(
     raw_config["model"]["name"] = family_models[arch]
     lora = {**LORA, "train.epochs": 5}  # the tiny BERT needs 5 epochs of LoRA to learn
     fp32 = _run(raw_config, **lora)
-    qlora = _run(raw_config, **lora, **{"quant.bits": 4, "quant.scheme": "nf4",
-                                        "quant.group_size": 64, "quant.mode": "qlora"})
+    qlora = _run(raw_config, **lora, **{"quant.format": "nf4-g64", "quant.mode": "qlora"})
     assert fp32.state == qlora.state == "complete", (fp32.error, qlora.error)
     assert qlora.metrics["trainable_params"] == fp32.metrics["trainable_params"]
-    assert qlora.metrics["size_mb"] <= 0.16 * fp32.metrics["size_mb"]
+    # shipped through bitsandbytes: NF4 Linears, embeddings and norms in bf16
+    assert qlora.metrics["size_mb"] <= 0.3 * fp32.metrics["size_mb"]
+    assert qlora.notes["saved_format"] == "bitsandbytes"
     assert qlora.metrics["accuracy"] > 0.5  # 3 balanced classes: it learned through NF4
 
 
@@ -59,26 +60,58 @@ def test_half_precision_training(
     {"prune.ratio": 0.5, "prune.scheme": "ffn"},
     {"prune.ratio": 0.5, "prune.scheme": "unstructured", "prune.scope": "global"},
     {"arch.n_layers": 1, "arch.layer_selection": "first"},
-    {"quant.bits": 4, "quant.scheme": "group", "quant.group_size": 32},
+    {"quant.format": "int4-g32"},
     {"distill.enabled": True, "distill.temperature": 2.0, "distill.alpha": 0.5},
     {"peft.method": "dora", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
      "lora.targets": "qv"},
-    {"peft.method": "adalora", "adalora.init_r": 8, "adalora.target_r": 4,
+    {"peft.method": "adalora", "adalora.ranks": "8/4",
      "adalora.alpha": 8, "adalora.targets": "qv"},
     {"peft.method": "prefix", "prompt.virtual_tokens": 4},
 ], ids=["heads", "ffn", "unstructured", "arch", "int4", "distill", "dora", "adalora", "prefix"])
 def test_every_family_on_cuda(
     params: dict[str, Any], raw_config: dict[str, Any], family_models: dict[str, str]
 ) -> None:
+    if "quant.format" in params:
+        pytest.importorskip("torchao")
     raw_config["model"]["name"] = family_models["llama"]
     result = _run(raw_config, **params)
     assert result.state == "complete", result.error
 
 
-def test_dynamic_int8_on_cuda_fails_fast_with_the_reason(
-    raw_config: dict[str, Any], family_models: dict[str, str]
+@pytest.mark.parametrize("fmt,library,saved", [
+    ("int8", "torchao", "torchao"), ("int4-g64", "torchao", "torchao"),
+    ("nf4-g64", "bitsandbytes", "bitsandbytes"),
+])
+def test_quantized_formats_on_cuda_load_with_from_pretrained(
+    fmt: str, library: str, saved: str, raw_config: dict[str, Any],
+    family_models: dict[str, str], tmp_path: Any,
 ) -> None:
+    """On a GPU the low-bit formats ship through transformers' own integrations: plain
+    from_pretrained reads them back at the accuracy the trial recorded."""
+    pytest.importorskip(library)
+    from transformers import AutoModelForSequenceClassification
+
+    from paretune import data
+
     raw_config["model"]["name"] = family_models["bert"]
-    result = _run(raw_config, **{"quant.bits": 8, "quant.scheme": "dynamic"})
-    assert result.state == "fail"
-    assert "quant.scheme dynamic runs PyTorch's int8 CPU kernels" in (result.error or "")
+    raw_config["launcher"] = {"device": "cuda"}
+    cfg = parse_config(raw_config)
+    out = tmp_path / fmt
+    result = run_trial(TrialSpec(0, {**BASE, "quant.format": fmt}, cfg.context()),
+                       artifact_dir=str(out))
+    assert result.state == "complete", result.error
+    assert result.notes["saved_format"] == saved and library in result.notes["latency_runtime"]
+    model = AutoModelForSequenceClassification.from_pretrained(out, device_map="cuda").eval()
+    rows = data.load_task_data(cfg.context()["task"], 0)
+    split = data.tokenize(cfg_tokenizer(out), rows.eval_texts, rows.eval_labels, 32, "gpu", None)
+    with torch.inference_mode():
+        preds = model(input_ids=split.input_ids.cuda(),
+                      attention_mask=split.attention_mask.cuda()).logits.argmax(-1).cpu()
+    accuracy = float((preds == split.labels).float().mean())
+    assert abs(accuracy - result.metrics["accuracy"]) <= 0.01
+
+
+def cfg_tokenizer(path: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,125 @@
+"""How a study spends its budget: anchors first, the reference trained once, hopeless trials
+stopped, and a resumed study never drawing its earlier points again."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from paretune.search import parse_config, run_study
+from paretune.trial import TrialResult, TrialSpec
+
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+def fake(spec: TrialSpec) -> TrialResult:
+    rng = random.Random(spec.number)
+    return TrialResult(spec.number, "complete", {
+        "accuracy": rng.random(), "size_mb": rng.random(), "latency_ms": 1.0,
+        "trainable_params": 1.0, "train_time_s": 1.0,
+    })
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def test_a_new_study_starts_with_the_anchors(raw_config: dict[str, Any]) -> None:
+    raw_config["space"] = {}  # the default space of the tiny 2-layer BERT
+    raw_config["study"].update(n_trials=6)
+    study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
+    params = [t.user_attrs["params"] for t in sorted(study.trials, key=lambda t: t.number)]
+    as_is = {"train.init": "finetuned", "train.epochs": 0, "peft.method": "none",
+             "arch.n_layers": 2, "prune.ratio": 0.0}
+    for p, fmt in zip(params, ["fp32", "int8", "int4-g32"]):
+        assert {k: p[k] for k in as_is} == as_is and p["quant.format"] == fmt
+    assert params[3]["arch.n_layers"] == 1 and params[3]["distill.enabled"] is True
+    assert params[3]["train.epochs"] == 3 and params[3]["quant.format"] == "int4-g32"
+    assert len(study.get_trials(states=(COMPLETE,))) == 6  # the sampler takes over after them
+    again = run_study(parse_config({**raw_config, "study": {**raw_config["study"],
+                                                            "n_trials": 8}}),
+                      trial_fn=fake, log=_quiet)
+    assert [t.user_attrs["params"] for t in again.trials[:6]] == params  # not enqueued again
+
+
+def test_anchors_can_be_switched_off(raw_config: dict[str, Any]) -> None:
+    raw_config["space"] = {}
+    raw_config["study"].update(n_trials=3, anchors=False)
+    study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
+    assert not any(t.params.get("train.epochs") == 0 and t.params.get("quant.format") == "fp32"
+                   and t.params.get("train.init") == "finetuned" for t in study.trials[:1])
+    assert all(not t.system_attrs.get("fixed_params") for t in study.trials)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_a_resumed_seeded_study_draws_no_point_it_already_holds(
+    raw_config: dict[str, Any], sampler: str
+) -> None:
+    raw_config["space"] = {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                           "train.epochs": [1, 2, 3], "peft.method": ["none", "lora"]}
+    raw_config["study"].update(sampler=sampler, anchors=False)
+    for n in (5, 10, 15):
+        raw_config["study"]["n_trials"] = n
+        study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(drawn) == 15 and len(set(drawn)) == 15
+
+
+@pytest.fixture
+def hopeless_csv(tmp_path: Path) -> str:
+    """Every text the same: no model can tell the labels apart, so any model predicts one
+    class and scores at most the majority's share (0.6): chance."""
+    path = tmp_path / "hopeless.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(300):
+            writer.writerow(["goal match team coach", "sport" if i % 5 < 3 else "tech"])
+    return str(path)
+
+
+def test_a_trial_at_chance_after_its_first_evaluation_is_stopped_with_the_reason(
+    raw_config: dict[str, Any], hopeless_csv: str
+) -> None:
+    raw_config["task"] = {"dataset": hopeless_csv, "eval_split": 0.25}
+    raw_config["study"].update(n_trials=2, sampler="grid", anchors=False)
+    # 225 rows at batch 2: 113 steps in the first epoch, evaluated before the second;
+    # one-epoch trials are never evaluated part-way, so they complete
+    raw_config["space"].update({"train.batch_size": 2, "train.epochs": [2, 1],
+                                "train.lr": 1e-3, "peft.method": "none"})
+    study = run_study(parse_config(raw_config), log=_quiet)
+    stopped = study.get_trials(states=(PRUNED,))
+    assert stopped, [t.params for t in study.trials]
+    for t in stopped:
+        assert t.params["train.epochs"] == 2
+        assert t.user_attrs["stopped"].startswith("near chance: accuracy ")
+        assert "(chance level " in t.user_attrs["stopped"]
+        assert len(t.user_attrs["intermediate"]) == 1
+    assert len(stopped) == 1
+    done = study.get_trials(states=(COMPLETE,))
+    assert [t.params["train.epochs"] for t in done] == [1]  # stopped is not completed
+    raw_config["study"].update(sampler="random", n_trials=3)
+    raw_config["space"]["train.epochs"] = 1
+    resumed = run_study(parse_config(raw_config), log=_quiet)
+    assert len(resumed.get_trials(states=(COMPLETE,))) == 3  # 1 before, 2 now: none lost
+    assert len(resumed.get_trials(states=(PRUNED,))) == 1
+
+
+def test_the_reference_is_trained_exactly_once_by_8_concurrent_workers(
+    raw_config: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    raw_config["study"].update(n_trials=8, sampler="random", anchors=False,
+                               early_stopping=False)
+    raw_config["space"].update({"train.init": "finetuned", "train.epochs": [0, 1]})
+    raw_config["launcher"] = {"type": "multiprocess", "workers": 8, "device": "cpu"}
+    study = run_study(parse_config(raw_config), quiet=False)
+    assert len(study.get_trials(states=(COMPLETE,))) == 8
+    err = capfd.readouterr().err
+    assert err.count("reference: fine-tuning the base once for this study") == 1
+    trials = {t.number for t in study.trials}
+    assert len(trials) == 8

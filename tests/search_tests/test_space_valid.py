@@ -1,0 +1,175 @@
+"""The default space is valid by construction: built for the model and the device, no point
+it holds fails for a reason known before training, on any architecture paretune knows."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from paretune.errors import ConfigError
+from paretune.search import parse_config
+from paretune.search._space import suggest
+from paretune.trial import TrialSpec, build, write_artifact
+
+SAMPLERS = {  # every way the engine draws: random, TPE's model, NSGA-II's crossover
+    "random": (lambda: optuna.samplers.RandomSampler(seed=1), 200),
+    "tpe": (lambda: optuna.samplers.TPESampler(seed=1, multivariate=True, group=True,
+                                               n_startup_trials=10), 150),
+    "nsga2": (lambda: optuna.samplers.NSGAIISampler(seed=1, population_size=20), 150),
+}
+FLOATS = ("train.lr", "lora.dropout", "distill.temperature", "distill.alpha")
+
+
+def default_space_config(tmp: Path, model: str, data: str, **study: Any) -> dict[str, Any]:
+    """No `space` section: every knob over its default range for this model."""
+    return {
+        "study": {"name": "v", "storage": f"sqlite:///{tmp / 'v.db'}", "seed": 0,
+                  "cache_dir": str(tmp / "cache"), **study},
+        "model": {"name": model, "max_length": 24},
+        "task": {"dataset": data, "eval_split": 0.25},
+        "measure": {"latency_repeats": 1, "latency_warmup": 0},
+    }
+
+
+def draw(space: dict[str, Any], n_each: int | None = None) -> list[dict[str, Any]]:
+    """Points from each sampler's way of drawing (told random values, so that the
+    model-based samplers draw from their models, not at random)."""
+    rng = random.Random(0)
+    points = []
+    for make, n in SAMPLERS.values():
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make())
+        for _ in range(n_each or n):
+            trial = study.ask()
+            points.append(suggest(trial, space))
+            study.tell(trial, [rng.random(), rng.random()])
+    return points
+
+
+def structure(params: dict[str, Any]) -> tuple[Any, ...]:
+    """What a point changes in the model (continuous training knobs aside)."""
+    return tuple(sorted((k, v) for k, v in params.items() if k not in FLOATS))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def check_points(model: str, data: str, tmp: Path, n_each: int | None = None,
+                 builds: int = 40) -> int:
+    """Draw from the model's default space; every point passes every family's rules and
+    guards, and ``builds`` distinct structures (every method and format among them, the
+    rest at random) go through the real pipeline, training aside (load, drop layers, prune,
+    adapt, merge, quantize, write the artifact). Returns how many points were drawn."""
+    from paretune import spaces
+
+    raw = default_space_config(tmp, model, data,
+                               objectives=["accuracy", "size_mb", "trainable_params"])
+    cfg = parse_config(raw)
+    points = draw(cfg.space, n_each)
+    for params in points:
+        for family in spaces.families():
+            if family.is_active(params) and family.check is not None:
+                family.check(family.config(params), cfg.info)
+    distinct = {structure(p): p for p in points}
+    assert len(distinct) >= len(points) // 10  # the space really varies
+    chosen = {}  # one point per method, format and pruning scheme first, then at random
+    for key in ("peft.method", "quant.format", "prune.scheme", "train.init"):
+        for params in distinct.values():
+            chosen.setdefault((key, params.get(key)), params)
+    rest = list(distinct.values())
+    random.Random(0).shuffle(rest)
+    picked = list(chosen.values()) + rest[: max(0, builds - len(chosen))]
+    for i, params in enumerate(picked):
+        spec = TrialSpec(i, params, {**cfg.context(), "progress": False})
+        model_obj, ctx = build(spec)
+        write_artifact(model_obj, ctx, str(tmp / "artifact"))
+    return len(points)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_500_points_of_the_default_space_pass_every_check_before_training(
+    arch: str, family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paretune.spaces import train
+
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (0.0, 0.0))
+    assert check_points(family_models[arch], tiny_csv, tmp_path) == 500
+
+
+def test_the_space_knows_the_model_and_the_device(
+    family_models: dict[str, str], tiny_csv: str, tmp_path: Path
+) -> None:
+    cfg = parse_config(default_space_config(tmp_path, family_models["llama"], tiny_csv))
+    space = cfg.space
+    assert (space["arch.n_layers"].low, space["arch.n_layers"].high) == (1, 2)
+    formats = space["quant.format"].choices  # this machine is a CPU: ONNX Runtime serves them
+    assert "int8" in formats and "int4-g32" in formats and "nf4-g64" not in formats
+    assert space["train.precision"].choices == ("fp32",)
+    # quality against size: adapters that can only cost accuracy there are not offered
+    assert set(space["peft.method"].choices) == {"none", "lora", "ia3"}
+    costs = parse_config(default_space_config(
+        tmp_path, family_models["llama"], tiny_csv,
+        objectives=["accuracy", "trainable_params"]))
+    assert {"head", "prefix", "ptuning", "dora"} <= set(costs.space["peft.method"].choices)
+
+
+@pytest.mark.parametrize("value,rule", [
+    ({"arch.n_layers": 5}, "only 2 layers"),
+    ({"quant.mode": "qlora"}, "qlora"),
+    ({"train.precision": "fp16"}, "fp16 needs a CUDA GPU"),
+])
+def test_a_user_fixed_value_that_cannot_run_is_one_line_before_the_study(
+    value: dict[str, Any], rule: str, family_models: dict[str, str], tiny_csv: str,
+    tmp_path: Path,
+) -> None:
+    raw = default_space_config(tmp_path, family_models["bert"], tiny_csv)
+    raw["space"] = value
+    with pytest.raises(ConfigError, match=rule) as err:
+        parse_config(raw)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"space.{next(iter(value))}")
+    assert not (tmp_path / "v.db").exists()
+
+
+OTHER_MODELS = {  # model type -> families expected out of the space (none: all apply)
+    "roberta": set(), "distilbert": set(), "deberta-v2": set(), "qwen2": set(),
+    "gpt2": set(), "albert": {"arch", "prune"},
+}
+
+
+@pytest.mark.parametrize("model_type", list(OTHER_MODELS))
+def test_a_study_on_each_common_architecture_runs_with_what_applies_to_it(
+    model_type: str, tiny_csv: str, topic_texts: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paretune.models import make_tiny
+    from paretune.search import run_study
+    from paretune.spaces import train
+
+    model = make_tiny(tmp_path / model_type, model_type, topic_texts)
+    with monkeypatch.context() as m:  # 60 points of its default space, training aside
+        m.setattr(train, "fit", lambda *a, **k: (0.0, 0.0))
+        check_points(model, tiny_csv, tmp_path / "points", n_each=20, builds=20)
+    raw = default_space_config(tmp_path, model, tiny_csv, n_trials=2, sampler="random",
+                               objectives=["accuracy", "trainable_params"])
+    raw["study"]["anchors"] = False  # quick: one epoch from the pretrained base (the start
+    raw["space"] = {"train.epochs": 1, "train.init": "pretrained"}  # from the reference is
+    # built above, training aside); every other knob at its default
+    cfg = parse_config(raw)
+    left_out = {note.split()[0] for note in cfg.notes}
+    assert left_out == OTHER_MODELS[model_type]
+    methods = set(cfg.space["peft.method"].choices)
+    assert ("prefix" in methods) == (model_type in ("roberta", "qwen2", "gpt2"))
+    if "prune" not in left_out:
+        assert ("heads" in cfg.space["prune.scheme"].choices) == (model_type == "qwen2")
+    study = run_study(cfg, quiet=True)  # real (tiny) training
+    states = [t.state for t in study.trials]
+    errors = [t.user_attrs.get("error") for t in study.trials if t.state.name == "FAIL"]
+    assert not errors, errors
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
