@@ -21,7 +21,8 @@ appended to --out) as soon as it ends; --report prints the comparison of saved r
     python bench/front_quality.py --data DIR --configs default,anchors --out r.jsonl
     python bench/front_quality.py --data DIR --configs random,plain --out r.jsonl
     python bench/front_quality.py --report r.jsonl
-    # a run cut short: its study database (--storage-dir) still holds every finished trial
+    # a run cut short: its study database (--storage-dir) still holds every finished trial;
+    # a default study's summary also gives its enqueued anchors alone (anchors-of-default)
     python bench/front_quality.py --data DIR --summarize default=DIR/front-default.db
     # plumbing check on a CPU box: tiny model, few rows
     python bench/front_quality.py --model tiny --data DIR --trials 6 --max-train-rows 300 \\
@@ -58,6 +59,7 @@ def study_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, A
         "task": {"dataset": str(data / "train.csv"), "eval_split": str(data / "test.csv"),
                  "label_column": "category", "max_train_rows": args.max_train_rows},
         "launcher": {"type": "multiprocess", "workers": args.workers},
+        "measure": {"device": args.measure_device},
     }
     if name in ("random", "plain"):
         raw["study"]["anchors"] = False
@@ -65,7 +67,7 @@ def study_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, A
     return raw
 
 
-def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_config(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from paretune.search import parse_config, run_study
     from paretune.search._engine import _anchors_for, _task_data
 
@@ -80,21 +82,40 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cfg = parse_config({**raw, "study": {**raw["study"], "n_trials": n}})
     start = time.perf_counter()
     study = run_study(cfg, quiet=args.quiet)
-    return summarize(name, study, dataset, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return [summarize(name, study, dataset, wall), *anchor_rows(name, study, dataset)]
 
 
-def summarize(name: str, study: Any, dataset: Any, wall: float) -> dict[str, Any]:
+def anchor_rows(name: str, study: Any, dataset: Any) -> list[dict[str, Any]]:
+    """A default study's enqueued first trials summarized alone ("anchors-of-default"):
+    the anchors' front, at no extra GPU time (the `anchors` configuration trains them in a
+    study of their own)."""
+    seeded = [t for t in study.trials if "fixed_params" in t.system_attrs]
+    if name != "default" or not seeded:
+        return []
+    end = max(t.datetime_complete or t.datetime_start for t in seeded)
+    wall = (end - min(t.datetime_start for t in seeded)).total_seconds()
+    return [summarize("anchors-of-default", study, dataset, wall, trials=seeded)]
+
+
+def summarize(name: str, study: Any, dataset: Any, wall: float,
+              trials: list[Any] | None = None) -> dict[str, Any]:
+    """The result line of a study, or of ``trials`` of it (say, its anchors alone)."""
     import optuna
 
-    from paretune.search import front_trials
+    from paretune.search._front import pareto_front
     from paretune.search._hypervolume import hypervolume
 
     labels = dataset.eval_labels
     chance = max(labels.count(c) for c in set(labels)) / len(labels)
     at_chance = chance + 0.05 * (1 - chance)
     state = optuna.trial.TrialState
-    done = study.get_trials(states=(state.COMPLETE,))
-    front = front_trials(study)
+    trials = study.trials if trials is None else trials
+    done = [t for t in trials if t.state == state.COMPLETE]
+    front = sorted(pareto_front(
+        done, ["maximize", "minimize"],
+        key=lambda t: [t.user_attrs["accuracy"], t.user_attrs["size_mb"]]),
+        key=lambda t: t.user_attrs["size_mb"])
     points = [[t.user_attrs["accuracy"], t.user_attrs["size_mb"]] for t in front]
     hv = hypervolume(points, ["maximize", "minimize"], [REFERENCE["accuracy"],
                                                         REFERENCE["size_mb"]])
@@ -105,11 +126,11 @@ def summarize(name: str, study: Any, dataset: Any, wall: float) -> dict[str, Any
         for mb in BUDGETS_MB
     }
     return {
-        "config": name, "gpu": _gpu(), "trials": len(study.trials), "complete": len(done),
-        "failed": len(study.get_trials(states=(state.FAIL,))),
+        "config": name, "gpu": _gpu(), "trials": len(trials), "complete": len(done),
+        "failed": sum(t.state == state.FAIL for t in trials),
         "fail_reasons": sorted({str(t.user_attrs.get("error"))[:120]
-                                for t in study.get_trials(states=(state.FAIL,))}),
-        "stopped": len(study.get_trials(states=(state.PRUNED,))),
+                                for t in trials if t.state == state.FAIL}),
+        "stopped": sum(t.state == state.PRUNED for t in trials),
         "at_chance": sum(t.user_attrs["accuracy"] <= at_chance for t in done),
         "wall_s": round(wall, 1), "hypervolume": round(hv, 4),
         "reference_point": REFERENCE, "chance": round(chance, 4),
@@ -161,7 +182,7 @@ def report(rows: list[dict[str, Any]]) -> str:
     if "default" in by:
         d = by["default"]
         lines.append("")
-        for other in ("random", "plain", "anchors"):
+        for other in ("random", "plain", "anchors", "anchors-of-default"):
             if other in by and by[other]["hypervolume"] > 0:
                 lines.append(f"hypervolume default / {other}: "
                              f"{d['hypervolume'] / by[other]['hypervolume']:.3f}")
@@ -185,6 +206,8 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--max-train-rows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure-device", default="auto", choices=("auto", "cpu"),
+                        help="where artifacts are served and timed (measure.device)")
     parser.add_argument("--workdir", default=None, help="caches (the reference, tokens)")
     parser.add_argument("--storage-dir", default=None, help="where the study databases go")
     parser.add_argument("--summarize", nargs="*", metavar="CONFIG=DB",
@@ -220,17 +243,20 @@ def main() -> int:
             study = optuna.load_study(study_name=f"front-{name}", storage=f"sqlite:///{db}")
             times = [t.datetime_complete for t in study.trials if t.datetime_complete]
             wall = (max(times) - min(t.datetime_start for t in study.trials)).total_seconds()
-            print(json.dumps(summarize(name, study, _task_data(cfg), wall)))
+            dataset = _task_data(cfg)
+            for row in [summarize(name, study, dataset, wall), *anchor_rows(name, study,
+                                                                          dataset)]:
+                print(json.dumps(row))
         return 0
     rows = []
     for name in args.configs.split(","):
-        row = run_config(name, args)
-        rows.append(row)
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(line + "\n")
+        for row in run_config(name, args):
+            rows.append(row)
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as fh:
+                    fh.write(line + "\n")
     print(report(rows), file=sys.stderr)
     return 0
 
