@@ -71,7 +71,10 @@ def run_config(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from paretune.search import parse_config, run_study
     from paretune.search._engine import _anchors_for, _task_data
 
-    root = Path(tempfile.mkdtemp(prefix=f"front-{name}-", dir=args.workdir))
+    # with --workdir, a re-run of the same configuration resumes its study on its cache
+    root = (Path(args.workdir) / f"front-{name}" if args.workdir
+            else Path(tempfile.mkdtemp(prefix=f"front-{name}-")))
+    root.mkdir(parents=True, exist_ok=True)
     if args.storage_dir:
         Path(args.storage_dir).mkdir(parents=True, exist_ok=True)
     raw = study_config(name, args, root)
@@ -103,6 +106,7 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
     """The result line of a study, or of ``trials`` of it (say, its anchors alone)."""
     import optuna
 
+    from paretune.search._engine import LOST
     from paretune.search._front import pareto_front
     from paretune.search._hypervolume import hypervolume
 
@@ -112,6 +116,8 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
     state = optuna.trial.TrialState
     trials = study.trials if trials is None else trials
     done = [t for t in trials if t.state == state.COMPLETE]
+    failed = [t for t in trials if t.state == state.FAIL
+              and not str(t.user_attrs.get("error", "")).startswith(LOST)]
     front = sorted(pareto_front(
         done, ["maximize", "minimize"],
         key=lambda t: [t.user_attrs["accuracy"], t.user_attrs["size_mb"]]),
@@ -127,9 +133,10 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
     }
     return {
         "config": name, "gpu": _gpu(), "trials": len(trials), "complete": len(done),
-        "failed": sum(t.state == state.FAIL for t in trials),
-        "fail_reasons": sorted({str(t.user_attrs.get("error"))[:120]
-                                for t in trials if t.state == state.FAIL}),
+        "failed": len(failed), "fail_reasons": sorted({
+            str(t.user_attrs.get("error"))[:120] for t in failed}),
+        # cancelled by a stopped run (SIGTERM at a time limit) and re-run on resume
+        "cancelled": sum(t.state == state.FAIL for t in trials) - len(failed),
         "stopped": sum(t.state == state.PRUNED for t in trials),
         "at_chance": sum(t.user_attrs["accuracy"] <= at_chance for t in done),
         "wall_s": round(wall, 1), "hypervolume": round(hv, 4),
@@ -208,7 +215,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure-device", default="auto", choices=("auto", "cpu"),
                         help="where artifacts are served and timed (measure.device)")
-    parser.add_argument("--workdir", default=None, help="caches (the reference, tokens)")
+    parser.add_argument("--workdir", default=None,
+                        help="caches (the reference, tokens); a re-run resumes on them")
     parser.add_argument("--storage-dir", default=None, help="where the study databases go")
     parser.add_argument("--summarize", nargs="*", metavar="CONFIG=DB",
                         help="the result line of a study database (of a run cut short)")

@@ -55,6 +55,9 @@ class StudySection:
     # grace_period is failed ("interrupted") by any driver of the study and replaced
     heartbeat_interval: int = 10
     grace_period: int = 60
+    # seconds: after this long a run asks for no new trial, lets the running ones finish and
+    # returns (re-run to go on); None runs until n_trials are finished
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,10 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     _check_type("study.seed", study.seed, int, "an integer")
     _check_type("study.anchors", study.anchors, bool, "true or false")
     _check_type("study.early_stopping", study.early_stopping, bool, "true or false")
+    if study.timeout is not None and (isinstance(study.timeout, bool) or not isinstance(
+            study.timeout, (int, float)) or study.timeout <= 0):
+        raise ConfigError(f"study.timeout must be a positive number of seconds (or null for "
+                          f"none), but got {study.timeout!r}.")
     if study.sampler not in SAMPLERS:
         raise ConfigError(
             f"study.sampler must be one of {', '.join(SAMPLERS)}, but got {study.sampler!r}."

@@ -397,6 +397,12 @@ class _Run:
         self.stop_reason: str | None = None
         self.step = "starting"  # what the driver does with the storage, for its errors
         self.next_number = len(study.get_trials(deepcopy=False))  # if no other driver asks
+        self.deadline = None if cfg.study.timeout is None else (
+            time.monotonic() + cfg.study.timeout)
+
+    def out_of_time(self) -> bool:
+        """``study.timeout`` has passed: ask for nothing new, let running trials finish."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def ask(self) -> None:
         self.step = "asking for a new trial"
@@ -538,7 +544,8 @@ def run_study(
     log: Callable[[str], None] | None = None,
     quiet: bool = False,
 ) -> optuna.Study:
-    """Run trials until the study has ``cfg.study.n_trials`` finished ones; return it.
+    """Run trials until the study has ``cfg.study.n_trials`` finished ones, or until
+    ``cfg.study.timeout`` has passed and the running trials have finished; return it.
 
     Finished: completed, or failed for the trial's own reason (NaN, out of memory, an
     impossible knob). Trials lost to a dead worker, node or driver, or to Ctrl-C, are
@@ -622,7 +629,8 @@ def _loop(run: _Run, front: FrontTracker, progress: Any, log: Callable[[str], No
     launcher, cfg = run.launcher, run.cfg
     while True:
         run.check_stale(log)
-        want = 0 if run.stop_reason else _remaining(run.study, cfg, run.grid)
+        late = run.out_of_time()
+        want = 0 if run.stop_reason or late else _remaining(run.study, cfg, run.grid)
         for _ in range(min(max(1, launcher.max_concurrent) - len(run.pending), want)):
             run.ask()
             progress.started()
@@ -635,6 +643,10 @@ def _loop(run: _Run, front: FrontTracker, progress: Any, log: Callable[[str], No
                 progress.finished(state, front.size, front.hypervolume)
             continue
         tally = _tally(run.study)
+        if late:
+            log(f"study.timeout of {cfg.study.timeout:g}s reached: {tally.complete} trials "
+                f"completed; re-run to go on.")
+            return
         if run.stop_reason or want == 0 and (
             tally.running == 0 or tally.finished(cfg.study.n_trials) >= cfg.study.n_trials
         ):

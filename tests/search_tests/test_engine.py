@@ -191,3 +191,29 @@ def test_grid_needs_finite_knobs(raw_config: dict[str, Any]) -> None:
     raw_config["study"]["sampler"] = "grid"
     with pytest.raises(ConfigError, match="train.lr is a continuous range"):
         parse_config(raw_config)
+
+
+def test_timeout_starts_no_trial_after_it_and_lets_the_running_one_finish(
+    raw_config: dict[str, Any],
+) -> None:
+    import time
+
+    def slow(spec: TrialSpec) -> TrialResult:
+        time.sleep(0.4)
+        return fake_trial(spec)
+
+    cfg = _cfg(raw_config, n_trials=20, timeout=1.0)
+    lines: list[str] = []
+    study = run_study(cfg, trial_fn=slow, log=lines.append)
+    states = [t.state for t in study.trials]
+    assert 2 <= len(states) <= 4  # asked at 0, 0.4, 0.8 s: none after the second
+    assert set(states) == {COMPLETE}  # the trial running at the deadline finished
+    assert any("study.timeout of 1s reached" in line for line in lines)
+    resumed = run_study(_cfg(raw_config, n_trials=len(states) + 2), trial_fn=fake_trial,
+                        log=_quiet)
+    assert len(resumed.get_trials(states=(COMPLETE,))) == len(states) + 2
+
+
+def test_timeout_must_be_positive(raw_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="study.timeout must be a positive number"):
+        _cfg(raw_config, timeout=0)
