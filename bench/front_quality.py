@@ -54,6 +54,7 @@ def study_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, A
             "sampler": "random" if name == "random" else "tpe", "n_trials": args.trials,
             "seed": args.seed, "objectives": {"accuracy": "maximize", "size_mb": "minimize"},
             "reference_point": REFERENCE, "cache_dir": str(root / "cache"),
+            "timeout": args.timeout,
         },
         "model": {"name": args.model, "max_length": args.max_length},
         "task": {"dataset": str(data / "train.csv"), "eval_split": str(data / "test.csv"),
@@ -213,6 +214,8 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--max-train-rows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="study.timeout: stop asking after N s; re-run to go on")
     parser.add_argument("--measure-device", default="auto", choices=("auto", "cpu"),
                         help="where artifacts are served and timed (measure.device)")
     parser.add_argument("--workdir", default=None,
