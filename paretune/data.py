@@ -30,7 +30,7 @@ from paretune.errors import ConfigError
 
 __all__ = [
     "Dataset", "TokenizedSplit", "check_task", "describe_eval", "load_task_data",
-    "local_path", "task_columns", "tokenize",
+    "local_path", "task_columns", "tokenize", "tokenize_splits",
 ]
 
 BUILTIN_DATASETS = ("bbc", "pydoc")
@@ -603,6 +603,22 @@ def tokenize(
             _write_cached(path, split)
     _TOKEN_CACHE[key] = split
     return split
+
+
+def tokenize_splits(
+    tokenizer: Any, dataset: Dataset, max_length: int, cache_dir: str | None,
+    causal_lm: bool = False,
+) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """The (train, eval) splits of ``dataset`` under ``tokenizer``, each cached (``tokenize``)."""
+    train, eval_ = (
+        tokenize(tokenizer, texts, labels, max_length, f"{dataset.fingerprint}:{name}",
+                 cache_dir, prompts=prompts, causal_lm=causal_lm)
+        for name, texts, labels, prompts in (
+            ("train", dataset.train_texts, dataset.train_labels, dataset.train_prompts),
+            ("eval", dataset.eval_texts, dataset.eval_labels, dataset.eval_prompts),
+        )
+    )
+    return train, eval_
 
 
 _SPLIT_KEYS = ("input_ids", "attention_mask", "labels")

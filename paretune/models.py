@@ -130,9 +130,9 @@ def study_device(requested: str) -> str:
 
 def space_info(name: str, task_type: str, device: str, objectives: Iterable[str],
                measure_device: str | None = None) -> Any:
-    """The ``SpaceInfo`` the space is built for: read from the model's config alone (no
-    weights are loaded), plus the task, the device, where latency is measured (``device``
-    unless ``measure_device`` says ``cpu``) and the study's objectives."""
+    """The ``SpaceInfo`` the space is built for: read from the model's config and tokenizer
+    files (no weights are loaded), plus the task, the device, where latency is measured
+    (``device`` unless ``measure_device`` says ``cpu``) and the study's objectives."""
     from transformers import AutoConfig
 
     from paretune.spaces import _layout, _pruned_bert
@@ -148,7 +148,21 @@ def space_info(name: str, task_type: str, device: str, objectives: Iterable[str]
             f"with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
         ) from None
     return _layout.space_info(config, task_type, study_device(device), tuple(objectives),
-                              measure_device=measure_device)
+                              measure_device=measure_device, tokenizer=_tokenizer_kind(path))
+
+
+def _tokenizer_kind(path: str) -> str:
+    """``SpaceInfo.tokenizer`` of the model at ``path`` (its tokenizer files only), or ""
+    where the tokenizer cannot be read here (the trial loads it, and says why if it fails)."""
+    from transformers import AutoTokenizer
+
+    from paretune.spaces import _layout
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=os.path.isdir(path))
+    except Exception:
+        return ""
+    return _layout.tokenizer_kind(tokenizer)
 
 
 def load_artifact(directory: str | os.PathLike[str], device: str = "cpu") -> Any:
@@ -289,16 +303,19 @@ def make_tiny_llama(
     num_kv_heads: int = 2,
     intermediate_size: int = 64,
     seed: int = 0,
+    tokenizer: str = "wordpiece",
 ) -> str:
     """Write a random-init Llama causal LM with grouped-query attention (``num_kv_heads`` <
-    ``num_heads``) and a word-level tokenizer; it also loads as a sequence classifier."""
+    ``num_heads``) and a word-level WordPiece tokenizer, or (``tokenizer="bpe"``) a byte-level
+    BPE one trained on ``texts``; it also loads as a sequence classifier."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(path)
-    tokenizer = _word_tokenizer(out, texts)
+    texts = list(texts)
+    tok = _bpe_tokenizer(out, texts) if tokenizer == "bpe" else _word_tokenizer(out, texts)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tok),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
@@ -306,15 +323,39 @@ def make_tiny_llama(
         head_dim=hidden_size // num_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.cls_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id if tokenizer == "bpe" else tok.cls_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
     return str(out)
+
+
+def _bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 1000) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's and Llama 3's kind) trained on ``texts``: the 256
+    bytes, merges up to ``vocab_size``, and ``<pad>``, ``<s>``, ``</s>``; ``<s>`` starts
+    every text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    backend.train_from_iterator(texts or ["a"], trainer)
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
 
 
 # model type -> (config class name, extra config values): tiny random-init stand-ins of the

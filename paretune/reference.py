@@ -76,14 +76,16 @@ def _train(ctx: Any, num_labels: int, recipe: dict[str, Any], path: Path) -> Non
     from paretune import models
     from paretune.spaces.train import TrainConfig, fit
 
-    model, _ = models.load_base(
+    model, tokenizer = models.load_base(
         ctx.model_spec["name"], num_labels, ctx.seed, causal_lm=_causal(ctx)
     )
+    # the base's own vocabulary: the trial's splits may be tokenized by a trimmed one
+    train = ctx.tokenize(tokenizer)[0] if ctx.tokenize is not None else ctx.train_data
     ctx.log(f"reference: fine-tuning the base once for this study ({recipe['epochs']} epochs "
             f"at lr {recipe['lr']:g}) -> {path}")
     model.to(ctx.device)
     cfg = TrainConfig(precision=ctx.params.get("train.precision", "fp32"), **recipe)
-    seconds, loss = fit(model, cfg, ctx.train_data, ctx.device, ctx.seed, log=ctx.log)
+    seconds, loss = fit(model, cfg, train, ctx.device, ctx.seed, log=ctx.log)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     try:

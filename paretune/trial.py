@@ -111,6 +111,7 @@ def build(
     ``seen`` collects the quality measured while training (see ``paretune.stopping``).
     """
     import copy
+    import functools
 
     from paretune import data as data_mod
     from paretune import models, reference, spaces
@@ -129,7 +130,8 @@ def build(
     base, tokenizer = models.warm_base(model_spec["name"], num_labels, seed, causal_lm=causal_lm)
     objectives = tuple(ctx_in.get("objectives", ()))
     info = _layout.space_info(base.config, task["type"], models.study_device(device), objectives,
-                              measure_device=serve_device(ctx_in, device).split(":")[0])
+                              measure_device=serve_device(ctx_in, device).split(":")[0],
+                              tokenizer=_layout.tokenizer_kind(tokenizer))
     active = [f for f in spaces.families() if f.is_active(spec.params)]
     for family in active:  # a guard: the study's space never offers what fails here
         if family.check is not None:
@@ -138,22 +140,18 @@ def build(
             except ConfigError as exc:
                 raise TrialFailed(str(exc)) from None
     seed_everything(seed)
-    max_length = int(model_spec.get("max_length", 128))
-    train, eval_ = (
-        data_mod.tokenize(
-            tokenizer, texts, labels, max_length, f"{dataset.fingerprint}:{name}", cache_dir,
-            prompts=prompts, causal_lm=causal_lm,
-        )
-        for name, texts, labels, prompts in (
-            ("train", dataset.train_texts, dataset.train_labels, dataset.train_prompts),
-            ("eval", dataset.eval_texts, dataset.eval_labels, dataset.eval_prompts),
-        )
+    tokenize = functools.partial(
+        data_mod.tokenize_splits, dataset=dataset,
+        max_length=int(model_spec.get("max_length", 128)), cache_dir=cache_dir,
+        causal_lm=causal_lm,
     )
+    train, eval_ = tokenize(tokenizer)
     ctx = spaces.TrialContext(
         params=dict(spec.params), device=device, seed=seed, tokenizer=tokenizer,
         train_data=train, eval_data=eval_, task=task, model_spec=model_spec,
         cache_dir=cache_dir or tempfile.gettempdir(), data_fingerprint=dataset.fingerprint,
         log=trial_logger(spec.number, bool(ctx_in.get("progress", False))), info=info,
+        tokenize=tokenize,
     )
     if spec.params.get("train.init") == "finetuned":
         model = reference.load_reference(ctx, num_labels)
@@ -276,6 +274,7 @@ def _run(
             "latency_device": describe_device(device, measure.get("threads")),
             "latency_runtime": fmt.runtime(),
             "latency_lock": "exclusive" if measure.get("exclusive", True) else "off",
+            **ctx.notes,
         }
         if keep:  # the tokenizer ships with a kept artifact, but is not counted in size_mb
             ctx.tokenizer.save_pretrained(artifact)

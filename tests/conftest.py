@@ -19,7 +19,7 @@ FILLER = "the a of today new report says this week people city".split()
 # Every compression family off: tests search only what they name on top of this.
 BASELINE_SPACE: dict[str, Any] = {
     "distill.enabled": False, "arch.n_layers": 0, "prune.ratio": 0.0, "quant.format": "fp32",
-    "train.init": "pretrained",
+    "train.init": "pretrained", "vocab.keep": "all",
     "train.warmup_ratio": 0.0, "train.scheduler": "linear",
 }
 

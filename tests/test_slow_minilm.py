@@ -28,3 +28,33 @@ def test_two_trial_minilm_search_on_bbc(tmp_path: Path) -> None:
         assert t.user_attrs["accuracy"] > 0.5  # 5 classes: chance is 0.2
         assert 80 < t.user_attrs["size_mb"] < 100  # 22.7M fp32 params = 90.9 MB
     assert front_trials(study)
+
+
+def test_trimming_minilm_to_a_bbc_slice_keeps_its_accuracy(tmp_path: Path) -> None:
+    """The same recipe with the whole 30,522-token vocabulary and with the training split's
+    tokens only: accuracy within 0.01, the artifact smaller by the removed rows (384 fp32
+    values each)."""
+    from paretune.search import parse_config
+    from paretune.trial import TrialSpec, run_trial
+
+    raw = {
+        "study": {"cache_dir": str(tmp_path / "cache")},
+        "model": {"name": "minilm", "max_length": 128},
+        "task": {"dataset": "bbc", "eval_split": 0.2, "max_train_rows": 300,
+                 "max_eval_rows": 200},
+        "measure": {"latency_repeats": 2, "latency_warmup": 1},
+    }
+    context = parse_config(raw).context()
+    recipe = {"train.init": "pretrained", "peft.method": "none", "train.lr": 3e-4,
+              "train.epochs": 2, "train.batch_size": 16, "train.warmup_ratio": 0.1}
+    whole, trimmed = (run_trial(TrialSpec(0, {**recipe, "vocab.keep": keep}, context))
+                      for keep in ("all", "task"))
+    assert whole.state == trimmed.state == "complete", (whole.error, trimmed.error)
+    kept = int(trimmed.notes["vocabulary"].split()[0])
+    print(f"\nMiniLM on BBC: accuracy {whole.metrics['accuracy']:.4f} with 30522 tokens, "
+          f"{trimmed.metrics['accuracy']:.4f} with {kept}; size_mb "
+          f"{whole.metrics['size_mb']:.2f} -> {trimmed.metrics['size_mb']:.2f}")
+    assert whole.metrics["accuracy"] > 0.8
+    assert abs(trimmed.metrics["accuracy"] - whole.metrics["accuracy"]) <= 0.01
+    removed_mb = (30522 - kept) * 384 * 4 / 1e6
+    assert abs(whole.metrics["size_mb"] - trimmed.metrics["size_mb"] - removed_mb) < 0.01

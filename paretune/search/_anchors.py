@@ -4,7 +4,8 @@ good points at once: the plain fine-tune, and standard compressions of it.
 With ``train.init: finetuned`` in the space, the plain fine-tune is the study's reference
 (trained once, see ``paretune.reference``) measured as it is, and the compressions start
 from it: int8 and 4-bit weights with no further training, and half the layers recovered
-with three epochs of distillation. Otherwise each anchor fine-tunes the pretrained base with
+with three epochs of distillation, with its whole vocabulary and with the task's tokens
+only. Otherwise each anchor fine-tunes the pretrained base with
 the reference's recipe. Every anchor is drawn through the study's own space (``suggest``),
 so it is a point the space holds; one the config rules out (say, a fixed quant.format) is
 dropped, and duplicates are dropped.
@@ -76,13 +77,15 @@ def anchors(space: Mapping[str, Any], info: Any, recipe: Mapping[str, Any]) -> l
     full = {"peft.method": "none", "arch.n_layers": info.n_layers, "prune.ratio": 0.0,
             "distill.enabled": False, "quant.format": "fp32", "vocab.keep": "all"}
     starts = _starts(space, recipe)
+    smallest = {**full, **starts["recover"], "arch.n_layers": max(1, info.n_layers // 2),
+                "arch.layer_selection": "first", "distill.enabled": True,
+                "distill.temperature": 2.0, "distill.alpha": 0.5, "quant.format": "int4-g32"}
     wanted = [
         {**full, **starts["as is"]},
         {**full, **starts["as is"], "quant.format": "int8"},
         {**full, **starts["as is"], "quant.format": "int4-g32"},
-        {**full, **starts["recover"], "arch.n_layers": max(1, info.n_layers // 2),
-         "arch.layer_selection": "first", "distill.enabled": True,
-         "distill.temperature": 2.0, "distill.alpha": 0.5, "quant.format": "int4-g32"},
+        smallest,
+        {**smallest, "vocab.keep": "task"},  # below the embedding table's floor
     ]
     out: list[dict[str, Any]] = []
     for anchor in wanted:

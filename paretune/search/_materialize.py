@@ -253,7 +253,7 @@ Materialized by paretune from the recipe of trial {number} of study `{study}`: b
 `{model.get("name", "?")}`, fine-tuned and compressed for `{task.get("type", "?")}` on
 `{task.get("dataset", "?")}` with the knobs below, rebuilt here exactly as the trial ran
 (same stages, same seed {recipe.get("seed", "?")}, same data split).
-
+{_changes(notes)}
 ## Load
 
 Saved format `{fmt.name}`: {fmt.doc}. It runs with {fmt.runtime()}; paretune is not needed:
@@ -291,6 +291,17 @@ this directory and `paretune run recipe.yaml` replays the trial.
 
 {_table(file_rows, ["file", "bytes"])}
 """
+
+
+# the notes every trial has: what its metrics were measured on (the card's Metrics section)
+_MEASURE_NOTES = ("saved_format", "latency_device", "latency_runtime", "latency_lock")
+
+
+def _changes(notes: Mapping[str, str]) -> str:
+    """What the families say the model is beyond its knobs (a trimmed vocabulary's size and
+    where its tokens came from), one line each."""
+    lines = [f"- {k}: {v}" for k, v in notes.items() if k not in _MEASURE_NOTES]
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def data_section(recipe: Mapping[str, Any], done: Materialized) -> str:

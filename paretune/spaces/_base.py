@@ -229,6 +229,9 @@ class SpaceInfo:
     bf16: bool = True  # the device trains under bf16 autocast
     objectives: tuple[str, ...] = ("accuracy", "size_mb")
     prefix_tuning: bool = True  # the model takes past_key_values (prefix / P-tuning)
+    # the tokenizer's model: "wordpiece", "bpe", "unigram", "wordlevel"; "slow" where there
+    # is no fast (tokenizers) backend, "" where it is not known
+    tokenizer: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,24 @@ class TrialContext:
     save_options: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     info: SpaceInfo | None = None  # the loaded base model's shape and the trial's device
+    # tokenize(tokenizer) -> (train, eval): the task's splits under a tokenizer, cached as the
+    # trial's own are (the base model's tokenizer gives ``train_data`` and ``eval_data``)
+    tokenize: Callable[[Any], tuple[Any, Any]] | None = None
+    # the base model's id of each token a trimmed vocabulary kept, in the order of the new
+    # ids (a LongTensor); None while the vocabulary is the base model's. What still runs on
+    # the base vocabulary (the distillation teacher) reads the trial's ids through it.
+    kept_ids: Any = None
+    # what the artifact is beyond its knobs (name -> one line): shown on its model card
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def set_vocabulary(self, tokenizer: Any, kept_ids: Any) -> None:
+        """Ship ``tokenizer`` (a trimmed vocabulary, ``kept_ids`` its base ids) instead of the
+        base model's: the train and eval splits are tokenized again with it, so that training
+        and measuring see the ids the shipped tokenizer gives."""
+        if self.tokenize is None:
+            raise TypeError("set_vocabulary needs the context's tokenize function")
+        self.train_data, self.eval_data = self.tokenize(tokenizer)
+        self.tokenizer, self.kept_ids = tokenizer, kept_ids
 
 
 ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config, ctx) -> model

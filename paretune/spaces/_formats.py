@@ -139,7 +139,8 @@ def _write_adapter(model: Any, path: Path, request: SaveRequest) -> None:
 
     base = model.get_base_model()
     choose(base, request.format).write(base, path / "base", request)
-    model.save_pretrained(str(path))
+    # the embeddings ship in the base; peft would copy a resized (trimmed) table in here too
+    model.save_pretrained(str(path), save_embedding_layers=False)
     (path / "README.md").unlink(missing_ok=True)  # peft's own card; paretune writes one
     # the trained head was put back into the base (which saves with plain keys); peft's
     # loader still expects it in the adapter, under the keys peft itself would write

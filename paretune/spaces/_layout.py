@@ -20,6 +20,7 @@ from paretune.spaces._base import SpaceInfo
 __all__ = [
     "Layout", "attention", "backbone", "ffn", "head_modules", "layer_list", "layout",
     "layout_of", "module_regex", "peft_task_type", "set_layer_list", "space_info",
+    "tokenizer_kind",
 ]
 
 
@@ -169,11 +170,23 @@ def head_modules(model: Any) -> list[str]:
     ]
 
 
+def tokenizer_kind(tokenizer: Any) -> str:
+    """``SpaceInfo.tokenizer``: the model of a fast tokenizer's backend, lower-case
+    (``wordpiece``, ``bpe``, ``unigram``, ``wordlevel``), or ``slow`` without one."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return "slow"
+    return str(json.loads(backend.to_str())["model"]["type"]).lower()
+
+
 def space_info(config: Any, task_type: str, device: str, objectives: tuple[str, ...],
-               bf16: bool = True, measure_device: str | None = None) -> SpaceInfo:
+               bf16: bool = True, measure_device: str | None = None,
+               tokenizer: str = "") -> SpaceInfo:
     """``SpaceInfo`` from a transformers config (``hidden_size`` etc. are aliased per model
     type by transformers, e.g. GPT-2's ``n_embd``); latency is measured on ``device`` unless
-    ``measure_device`` says otherwise."""
+    ``measure_device`` says otherwise; ``tokenizer`` is ``tokenizer_kind`` of the model's."""
     n_heads = int(config.num_attention_heads)
     lay = layout_of(config.model_type)
     ffn_key = lay.ffn_key if lay else "intermediate_size"
@@ -192,6 +205,7 @@ def space_info(config: Any, task_type: str, device: str, objectives: tuple[str, 
         bf16=bf16,
         objectives=tuple(objectives),
         prefix_tuning=_takes_past_key_values(config),
+        tokenizer=tokenizer,
     )
 
 

@@ -66,10 +66,15 @@ def apply(model: Any, cfg: DistillConfig, ctx: TrialContext) -> Any:
     causal = ctx.task["type"] == "causal_lm"
     num_labels = 0 if causal else int(model.config.num_labels)
     teacher = reference.load_reference(ctx, num_labels, frozen=True)
+    kept = None if ctx.kept_ids is None else ctx.kept_ids.to(ctx.device)
 
     def term(loss: Any, logits: Any, batch: Any, labels: Any) -> Any:
         with torch.no_grad():
-            target = teacher(**batch).logits
+            if kept is None:
+                target = teacher(**batch).logits
+            else:  # a trimmed vocabulary: the teacher reads and predicts the base's ids
+                target = teacher(**{**batch, "input_ids": kept[batch["input_ids"]]}).logits
+                target = target[..., kept] if target.dim() == 3 else target
         mask = batch["attention_mask"] if logits.dim() == 3 else None
         kd = kd_loss(logits, target, cfg.temperature, mask)
         return cfg.alpha * kd + (1.0 - cfg.alpha) * loss

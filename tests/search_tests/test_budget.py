@@ -40,6 +40,8 @@ def test_a_new_study_starts_with_the_anchors(raw_config: dict[str, Any]) -> None
         assert {k: p[k] for k in as_is} == as_is and p["quant.format"] == fmt
     assert params[3]["arch.n_layers"] == 1 and params[3]["distill.enabled"] is True
     assert params[3]["train.epochs"] == 3 and params[3]["quant.format"] == "int4-g32"
+    assert params[3]["vocab.keep"] == "all"
+    assert params[4] == {**params[3], "vocab.keep": "task"}  # the smallest, trimmed
     assert len(study.get_trials(states=(COMPLETE,))) == 6  # the sampler takes over after them
     again = run_study(parse_config({**raw_config, "study": {**raw_config["study"],
                                                             "n_trials": 8}}),

@@ -89,7 +89,8 @@ def test_materialize_refuses_a_non_empty_directory(small_study: Any, tmp_path: P
 @pytest.mark.parametrize("params,library", [
     ({"quant.format": "int8"}, "onnx"),
     ({"peft.method": "prefix", "prompt.virtual_tokens": 4}, "peft"),
-], ids=["int8", "prefix-adapter"])
+    ({"vocab.keep": "task", "quant.format": "int8"}, "onnx"),
+], ids=["int8", "prefix-adapter", "trimmed-vocab-int8"])
 def test_materialized_model_card_loads_as_written_without_paretune(
     params: dict[str, Any], library: str, raw_config: dict[str, Any], tmp_path: Path,
 ) -> None:
@@ -126,6 +127,9 @@ def test_materialized_model_card_loads_as_written_without_paretune(
     assert card.data.library_name == library
     assert card.data.pipeline_tag == "text-classification"
     assert card.data.base_model is None  # a local random-init model has no hub id
+    if "vocab.keep" in params:  # the card says how many tokens were kept, and which
+        n = len(AutoTokenizer.from_pretrained(out))
+        assert f"- vocabulary: {n} of " in card.text and "training split's tokens" in card.text
     [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
     snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
     rows = data.load_task_data(recipe["task"], recipe["seed"])

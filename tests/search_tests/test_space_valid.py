@@ -78,7 +78,7 @@ def check_points(model: str, data: str, tmp: Path, n_each: int | None = None,
     distinct = {structure(p): p for p in points}
     assert len(distinct) >= len(points) // 10  # the space really varies
     chosen = {}  # one point per method, format and pruning scheme first, then at random
-    for key in ("peft.method", "quant.format", "prune.scheme", "train.init"):
+    for key in ("peft.method", "quant.format", "prune.scheme", "train.init", "vocab.keep"):
         for params in distinct.values():
             chosen.setdefault((key, params.get(key)), params)
     rest = list(distinct.values())
@@ -111,6 +111,7 @@ def test_the_space_knows_the_model_and_the_device(
     formats = space["quant.format"].choices  # this machine is a CPU: ONNX Runtime serves them
     assert "int8" in formats and "int4-g32" in formats and "nf4-g64" not in formats
     assert space["train.precision"].choices == ("fp32",)
+    assert space["vocab.keep"].choices == ("all", "task", "task+2k")  # a WordPiece tokenizer
     # quality against size: adapters that can only cost accuracy there are not offered
     assert set(space["peft.method"].choices) == {"none", "lora", "ia3"}
     costs = parse_config(default_space_config(

@@ -28,6 +28,7 @@ KINDS: dict[str, dict[str, Any]] = {
     **{fmt: {"quant.format": fmt} for fmt in QUANTIZED},
     "pruned-bert": {"prune.ratio": 0.5, "prune.scheme": "heads"},
     "prompt-adapter": {"peft.method": "prefix", "prompt.virtual_tokens": 4},
+    "vocab": {"vocab.keep": "task"},  # plain safetensors with a trimmed tokenizer
 }
 NO_PARETUNE = "import sys\nsys.modules['paretune'] = None\n"
 
@@ -173,7 +174,7 @@ print("RESULT", json.dumps(out))
         kind = key.split()[0]
         recorded = artifacts[kind][1].metrics["accuracy"]
         assert isinstance(value, str) or abs(value - recorded) <= 0.01, (key, value, recorded)
-    for kind in ("fp32", "fp16", "bf16"):  # plain safetensors: transformers reads them
+    for kind in ("fp32", "fp16", "bf16", "vocab"):  # plain safetensors: transformers reads them
         assert not isinstance(got[f"{kind} from_pretrained"], str), got
         assert not isinstance(got[f"{kind} pipeline"], str), got
     for kind in ("int8", "int4-g32", "pruned-bert", "prompt-adapter"):  # not its format
