@@ -7,6 +7,9 @@ eval batch) takes it shared (``shared``): while one process times, the others fi
 step they are in and wait at the next one. A third file is a turnstile that gives a waiting
 timer priority over new steps, so that timings are never starved by a stream of steps.
 
+A GPU step holds the CPU's lock shared as well (it works the host's CPU too), so a timing
+on the CPU pauses the GPU trials of the node; a timing on a GPU pauses that GPU's alone.
+
 The lock files live in a node-local directory (``$PARETUNE_LOCK_DIR``, else the system's
 temporary directory), one set per physical device: a GPU is named by its UUID (the same for
 every process whatever ``CUDA_VISIBLE_DEVICES`` says), the CPU by ``cpu``. ``flock`` locks
@@ -99,6 +102,13 @@ def exclusive(device: str) -> contextlib.AbstractContextManager[None]:
     return _hold(device_key(device), "exclusive")
 
 
-def shared(device: str) -> contextlib.AbstractContextManager[None]:
-    """Run one step on ``device``, waiting while another process times on it."""
-    return _hold(device_key(device), "shared")
+@contextlib.contextmanager
+def shared(device: str) -> Iterator[None]:
+    """Run one step on ``device``, waiting while another process times on it. A GPU step
+    also works the host's CPU (the Python and kernel launches around it), so it holds the
+    CPU's lock shared too: a latency timed on the CPU (``measure.device: cpu``) waits for
+    the trials packed on the node's GPUs as well, not only for those training on the CPU."""
+    key = device_key(device)
+    with _hold(key, "shared"), (_hold("cpu", "shared") if key != "cpu"
+                                else contextlib.nullcontext()):
+        yield

@@ -33,8 +33,9 @@ def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def probe(lock_dir: Path, part: str, mode: str) -> str:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(lock_dir), part, mode],
+def probe(lock_dir: Path, part: str, mode: str, key: str = "cpu") -> str:
+    out = subprocess.run([sys.executable, "-c", PROBE.replace('"cpu."', repr(key + ".")),
+                          str(lock_dir), part, mode],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -64,3 +65,17 @@ def test_a_crashed_holder_releases_the_lock(lock_dir: Path) -> None:
     env = {**os.environ, "PARETUNE_LOCK_DIR": str(lock_dir)}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 3
     assert probe(lock_dir, "lock", "exclusive") == "free"
+
+
+def test_a_gpu_step_also_holds_the_cpu_so_a_cpu_timing_waits_for_it(
+    lock_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(devicelock._KEYS, "cuda:0", "gpu-test")  # no GPU needed to name one
+    with devicelock.shared("cuda:0"):  # a training step of a trial packed on GPU 0
+        assert probe(lock_dir, "lock", "exclusive", key="gpu-test") == "busy"
+        assert probe(lock_dir, "lock", "exclusive", key="cpu") == "busy"  # a CPU timer waits
+        assert probe(lock_dir, "lock", "shared", key="cpu") == "free"  # CPU steps go on
+    with devicelock.exclusive("cuda:0"):  # a timing on GPU 0 leaves the CPU to others
+        assert probe(lock_dir, "lock", "shared", key="cpu") == "free"
+        assert probe(lock_dir, "lock", "shared", key="gpu-test") == "busy"
+    assert probe(lock_dir, "lock", "exclusive", key="cpu") == "free"

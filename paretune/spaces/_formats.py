@@ -228,11 +228,15 @@ def _write_onnx(model: Any, path: Path, request: SaveRequest) -> None:
     import onnx
     import torch
 
+    from paretune import devicelock
+
     model = model.float().cpu().eval()
     ids, mask = request.example["input_ids"][:2], request.example["attention_mask"][:2]
     weights = request.options.get("weights", "fp32")
+    # the export and the packing work the CPU for seconds: a latency timed on the CPU by a
+    # neighbouring trial meanwhile waits (devicelock)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(False), \
-            _quiet_logs():
+            _quiet_logs(), devicelock.shared("cpu"):
         fp32 = Path(tmp, "model.onnx")
         with torch.no_grad():
             _export(_logits_module(model), (ids.cpu(), mask.cpu()), fp32)

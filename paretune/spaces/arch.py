@@ -13,6 +13,7 @@ from paretune.spaces._base import (
     Int,
     SpaceInfo,
     Stage,
+    Switch,
     TrialContext,
     register_family,
 )
@@ -54,10 +55,14 @@ def select(n_total: int, k: int, how: str) -> list[int]:
 
 
 def shape(info: SpaceInfo) -> dict[str, Any] | str:
-    """From a sixth of the model's layers (at least 1) to all of them."""
+    """From a sixth of the model's layers (at least 1) to all of them; all of them when the
+    trial does not train (``train.epochs`` 0: the reference compressed as it is), since a
+    model cut by layers and not trained again scored at chance (bench/RESULTS.md)."""
     if _layout.layout_of(info.model_type) is None:
         return f"paretune does not know where model type {info.model_type!r} keeps its layers"
-    return {"n_layers": Int(max(1, info.n_layers // 6), info.n_layers)}
+    every = Int(info.n_layers, info.n_layers)
+    return {"n_layers": Switch("train.epochs", {0: every},
+                               Int(max(1, info.n_layers // 6), info.n_layers))}
 
 
 def check(cfg: ArchConfig, info: SpaceInfo) -> None:

@@ -107,7 +107,9 @@ def test_the_space_knows_the_model_and_the_device(
 ) -> None:
     cfg = parse_config(default_space_config(tmp_path, family_models["llama"], tiny_csv))
     space = cfg.space
-    assert (space["arch.n_layers"].low, space["arch.n_layers"].high) == (1, 2)
+    layers = space["arch.n_layers"]
+    assert (layers.default.low, layers.default.high) == (1, 2)
+    assert (layers.cases[0].low, layers.cases[0].high) == (2, 2)  # epochs 0: every layer
     formats = space["quant.format"].choices  # this machine is a CPU: ONNX Runtime serves them
     assert "int8" in formats and "int4-g32" in formats and "nf4-g64" not in formats
     assert space["train.precision"].choices == ("fp32",)
@@ -174,3 +176,15 @@ def test_a_study_on_each_common_architecture_runs_with_what_applies_to_it(
     errors = [t.user_attrs.get("error") for t in study.trials if t.state.name == "FAIL"]
     assert not errors, errors
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
+def test_layers_are_dropped_only_where_the_trial_trains_again(
+    family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
+) -> None:
+    cfg = parse_config(default_space_config(tmp_path, family_models["bert"], tiny_csv))
+    points = draw(cfg.space, n_each=60)
+    untrained = [p for p in points if p.get("train.epochs") == 0]
+    trained = [p for p in points if p.get("train.epochs", 0) > 0]
+    assert untrained and trained
+    assert {p["arch.n_layers"] for p in untrained} == {cfg.info.n_layers}
+    assert min(p["arch.n_layers"] for p in trained) < cfg.info.n_layers
