@@ -31,9 +31,11 @@ def test_two_trial_minilm_search_on_bbc(tmp_path: Path) -> None:
 
 
 def test_trimming_minilm_to_a_bbc_slice_keeps_its_accuracy(tmp_path: Path) -> None:
-    """The same recipe with the whole 30,522-token vocabulary and with the training split's
-    tokens only: accuracy within 0.01, the artifact smaller by the removed rows (384 fp32
-    values each)."""
+    """The study's reference (MiniLM fine-tuned on 300 BBC rows) compressed as it is, with
+    the whole 30,522-token vocabulary and with the training split's tokens only: accuracy
+    within 0.01 (2 of the 200 eval rows), the artifact smaller by the removed rows (384 fp32
+    values each). What is lost is the eval rows' words that the training rows never use:
+    they read as [UNK]."""
     from paretune.search import parse_config
     from paretune.trial import TrialSpec, run_trial
 
@@ -45,8 +47,8 @@ def test_trimming_minilm_to_a_bbc_slice_keeps_its_accuracy(tmp_path: Path) -> No
         "measure": {"latency_repeats": 2, "latency_warmup": 1},
     }
     context = parse_config(raw).context()
-    recipe = {"train.init": "pretrained", "peft.method": "none", "train.lr": 3e-4,
-              "train.epochs": 2, "train.batch_size": 16, "train.warmup_ratio": 0.1}
+    recipe = {"train.init": "finetuned", "train.epochs": 0, "peft.method": "none",
+              "train.batch_size": 16}
     whole, trimmed = (run_trial(TrialSpec(0, {**recipe, "vocab.keep": keep}, context))
                       for keep in ("all", "task"))
     assert whole.state == trimmed.state == "complete", (whole.error, trimmed.error)
@@ -55,6 +57,7 @@ def test_trimming_minilm_to_a_bbc_slice_keeps_its_accuracy(tmp_path: Path) -> No
           f"{trimmed.metrics['accuracy']:.4f} with {kept}; size_mb "
           f"{whole.metrics['size_mb']:.2f} -> {trimmed.metrics['size_mb']:.2f}")
     assert whole.metrics["accuracy"] > 0.8
-    assert abs(trimmed.metrics["accuracy"] - whole.metrics["accuracy"]) <= 0.01
+    # accuracies are multiples of 1/200: the tolerance only absorbs float rounding
+    assert abs(trimmed.metrics["accuracy"] - whole.metrics["accuracy"]) <= 0.01 + 1e-6
     removed_mb = (30522 - kept) * 384 * 4 / 1e6
     assert abs(whole.metrics["size_mb"] - trimmed.metrics["size_mb"] - removed_mb) < 0.01

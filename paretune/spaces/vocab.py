@@ -13,7 +13,9 @@ BPE keeps its merge closure: both parts of every merge that makes a kept token a
 a fixpoint), and every single-character token (the byte alphabet of byte-level BPE). The
 merge the original tokenizer applies at each step is then always kept, and none it did not
 apply can come first, so the training texts encode to exactly the same tokens; other texts
-fall back to smaller pieces. A WordPiece word outside the kept tokens becomes ``[UNK]``.
+fall back to smaller pieces. WordPiece matches the longest kept prefix first, so the training
+texts keep their tokens too; another word is split into kept pieces where it can be
+(``playing`` -> ``play ##ing``), and becomes ``[UNK]`` where it cannot.
 """
 
 from __future__ import annotations
