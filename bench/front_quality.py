@@ -43,6 +43,7 @@ from typing import Any
 CONFIGS = ("default", "random", "plain", "anchors")
 REFERENCE = {"accuracy": 0.0, "size_mb": 91.0}
 BUDGETS_MB = (13.0, 7.5, 4.5)
+SUMMARIZED = "not recorded: summarized from the study database (see the run's own line)"
 
 
 def study_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def run_config(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return [summarize(name, study, dataset, wall), *anchor_rows(name, study, dataset)]
 
 
-def anchor_rows(name: str, study: Any, dataset: Any) -> list[dict[str, Any]]:
+def anchor_rows(name: str, study: Any, dataset: Any,
+                gpu: str | None = None) -> list[dict[str, Any]]:
     """A default study's enqueued first trials summarized alone ("anchors-of-default"):
     the anchors' front, at no extra GPU time (the `anchors` configuration trains them in a
     study of their own)."""
@@ -99,11 +101,11 @@ def anchor_rows(name: str, study: Any, dataset: Any) -> list[dict[str, Any]]:
         return []
     end = max(t.datetime_complete or t.datetime_start for t in seeded)
     wall = (end - min(t.datetime_start for t in seeded)).total_seconds()
-    return [summarize("anchors-of-default", study, dataset, wall, trials=seeded)]
+    return [summarize("anchors-of-default", study, dataset, wall, trials=seeded, gpu=gpu)]
 
 
 def summarize(name: str, study: Any, dataset: Any, wall: float,
-              trials: list[Any] | None = None) -> dict[str, Any]:
+              trials: list[Any] | None = None, gpu: str | None = None) -> dict[str, Any]:
     """The result line of a study, or of ``trials`` of it (say, its anchors alone)."""
     import optuna
 
@@ -133,7 +135,7 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
         for mb in BUDGETS_MB
     }
     return {
-        "config": name, "gpu": _gpu(), "trials": len(trials), "complete": len(done),
+        "config": name, "gpu": gpu or _gpu(), "trials": len(trials), "complete": len(done),
         "failed": len(failed), "fail_reasons": sorted({
             str(t.user_attrs.get("error"))[:120] for t in failed}),
         # cancelled by a stopped run (SIGTERM at a time limit) and re-run on resume
@@ -255,8 +257,9 @@ def main() -> int:
             times = [t.datetime_complete for t in study.trials if t.datetime_complete]
             wall = (max(times) - min(t.datetime_start for t in study.trials)).total_seconds()
             dataset = _task_data(cfg)
-            for row in [summarize(name, study, dataset, wall), *anchor_rows(name, study,
-                                                                          dataset)]:
+            rows = [summarize(name, study, dataset, wall, gpu=SUMMARIZED),
+                    *anchor_rows(name, study, dataset, gpu=SUMMARIZED)]
+            for row in rows:
                 print(json.dumps(row))
         return 0
     rows = []
