@@ -409,27 +409,24 @@ register_format(SavedFormat(
     runtime=lambda: _versions("onnxruntime") + " (CPUExecutionProvider)",
 ))
 
-register_format(SavedFormat(
-    name="torchao",
-    doc="transformers + torchao weight-only int8 / int4 per group (tinygemm), safetensors",
-    library="transformers",
-    detect=lambda p: _quant_method(p) == "torchao",
-    write=_write_torchao,
-    load=_load_quantized,
-    snippet=lambda path, task_type, n: _quantized_snippet(path, n, "torchao"),
-    runtime=lambda: _versions("torchao", "torch", "transformers"),
-))
+def _quantized_format(method: str, doc: str, write: Any) -> SavedFormat:
+    """A model transformers quantizes through ``method`` (its quantization_config names it)."""
+    return SavedFormat(
+        name=method, doc=doc, library="transformers",
+        detect=lambda p: _quant_method(p) == method,
+        write=write,
+        load=_load_quantized,
+        snippet=lambda path, task_type, n: _quantized_snippet(path, n, method),
+        runtime=lambda: _versions(method, "torch", "transformers"),
+    )
 
-register_format(SavedFormat(
-    name="bitsandbytes",
-    doc="transformers + bitsandbytes NF4 (blocks of 64), safetensors; CUDA",
-    library="transformers",
-    detect=lambda p: _quant_method(p) == "bitsandbytes",
-    write=_write_bitsandbytes,
-    load=_load_quantized,
-    snippet=lambda path, task_type, n: _quantized_snippet(path, n, "bitsandbytes"),
-    runtime=lambda: _versions("bitsandbytes", "torch", "transformers"),
-))
+
+register_format(_quantized_format(
+    "torchao", "transformers + torchao weight-only int8 / int4 per group (tinygemm), safetensors",
+    _write_torchao))
+register_format(_quantized_format(
+    "bitsandbytes", "transformers + bitsandbytes NF4 (blocks of 64), safetensors; CUDA",
+    _write_bitsandbytes))
 
 register_format(SavedFormat(
     name="pruned-bert",
