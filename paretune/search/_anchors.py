@@ -7,8 +7,9 @@ from it: int8 and 4-bit weights with no further training, and half the layers re
 with three epochs of distillation, with its whole vocabulary and with the task's tokens
 only. Otherwise each anchor fine-tunes the pretrained base with
 the reference's recipe. Every anchor is drawn through the study's own space (``suggest``),
-so it is a point the space holds; one the config rules out (say, a fixed quant.format) is
-dropped, and duplicates are dropped.
+so it is a point the space holds: a number outside the config's range or list takes the
+nearest value it allows (3 recovery epochs become 1 where `train.epochs: [0, 1]`); an anchor
+the config rules out otherwise (say, a fixed quant.format) is dropped, and so are duplicates.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 from paretune.search._space import suggest
 
 __all__ = ["anchors"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Answer:
@@ -38,10 +43,13 @@ class _Answer:
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         if name in self.wanted:
-            if self.wanted[name] not in choices:
-                self.valid = False
-                return choices[0]
-            return self._pick(name, self.wanted[name])
+            want = self.wanted[name]
+            if want in choices:
+                return self._pick(name, want)
+            if _number(want) and all(_number(c) for c in choices):  # a list of epochs, say
+                return self._pick(name, min(choices, key=lambda c: abs(c - want)))
+            self.valid = False
+            return choices[0]
         default = self.defaults.get(name)
         return self._pick(name, default if default in choices else choices[0])
 

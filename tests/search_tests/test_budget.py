@@ -49,6 +49,20 @@ def test_a_new_study_starts_with_the_anchors(raw_config: dict[str, Any]) -> None
     assert [t.user_attrs["params"] for t in again.trials[:6]] == params  # not enqueued again
 
 
+def test_an_anchor_takes_the_nearest_number_a_listed_knob_allows(
+    raw_config: dict[str, Any],
+) -> None:
+    raw_config["space"] = {"train.init": "finetuned", "train.epochs": [0, 1],
+                           "quant.format": ["fp32", "int4-g32"]}
+    raw_config["study"].update(n_trials=5)
+    study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
+    params = [t.user_attrs["params"] for t in sorted(study.trials, key=lambda t: t.number)]
+    anchored = [p for t, p in zip(study.trials, params) if t.system_attrs.get("fixed_params")]
+    assert [p["quant.format"] for p in anchored] == ["fp32", "int4-g32", "int4-g32", "int4-g32"]
+    assert [p["train.epochs"] for p in anchored] == [0, 0, 1, 1]  # 3 recovery epochs -> 1
+    assert anchored[2]["arch.n_layers"] == 1 and anchored[3]["vocab.keep"] == "task"
+
+
 def test_anchors_can_be_switched_off(raw_config: dict[str, Any]) -> None:
     raw_config["space"] = {}
     raw_config["study"].update(n_trials=3, anchors=False)
