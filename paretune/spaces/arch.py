@@ -57,7 +57,8 @@ def select(n_total: int, k: int, how: str) -> list[int]:
 def shape(info: SpaceInfo) -> dict[str, Any] | str:
     """From a sixth of the model's layers (at least 1) to all of them; all of them when the
     trial does not train (``train.epochs`` 0: the reference compressed as it is), since a
-    model cut by layers and not trained again scored at chance (bench/RESULTS.md)."""
+    model cut by layers and not trained again scored 0.70 or less, often at chance
+    (bench/RESULTS.md)."""
     if _layout.layout_of(info.model_type) is None:
         return f"paretune does not know where model type {info.model_type!r} keeps its layers"
     every = Int(info.n_layers, info.n_layers)
