@@ -334,10 +334,11 @@ def make_tiny_llama(
     return str(out)
 
 
-def _bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 1000) -> Any:
+def _bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 1000,
+                   encoder: bool = False) -> Any:
     """A byte-level BPE tokenizer (GPT-2's and Llama 3's kind) trained on ``texts``: the 256
     bytes, merges up to ``vocab_size``, and ``<pad>``, ``<s>``, ``</s>``; ``<s>`` starts
-    every text."""
+    every text, and for an ``encoder`` (RoBERTa's post-processor) ``</s>`` ends it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -350,7 +351,13 @@ def _bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 1000) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     backend.train_from_iterator(texts or ["a"], trainer)
-    bos = backend.token_to_id("<s>")
+    bos, eos = (backend.token_to_id(t) for t in ("<s>", "</s>"))
+    assert bos is not None and eos is not None  # trained as special tokens above
+    if encoder:
+        backend.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos))
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                       eos_token="</s>", pad_token="<pad>", cls_token="<s>",
+                                       sep_token="</s>")
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
@@ -375,23 +382,27 @@ _DECODERS = ("qwen2", "gpt2")
 def make_tiny(
     path: str | os.PathLike[str], model_type: str, texts: Iterable[str] = (), *,
     hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4,
-    intermediate_size: int = 64, seed: int = 0,
+    intermediate_size: int = 64, seed: int = 0, tokenizer: str = "wordpiece",
 ) -> str:
     """Write a random-init model of ``model_type`` (one of ``TINY_TYPES``, a causal LM for
     decoders) with a word-level tokenizer from ``texts``, as ``make_tiny_model`` does for
-    BERT. Sizes are given in BERT's terms; transformers maps them to each config's names."""
+    BERT, or (``tokenizer="bpe"``) a byte-level BPE one trained on them, RoBERTa's
+    ``<s> ... </s>`` around each text for an encoder. Sizes are given in BERT's terms;
+    transformers maps them to each config's names."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     out = Path(path)
-    tokenizer = _word_tokenizer(out, texts)
+    tok = (_bpe_tokenizer(out, list(texts), encoder=model_type not in _DECODERS)
+           if tokenizer == "bpe" else _word_tokenizer(out, texts))
     cls_name, extra = TINY_TYPES[model_type]
     values = {
-        "vocab_size": len(tokenizer), "hidden_size": hidden_size,
+        "vocab_size": len(tok), "hidden_size": hidden_size,
         "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
-        "max_position_embeddings": 512, "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.cls_token_id,
+        "max_position_embeddings": 512, "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.cls_token_id or tok.bos_token_id,
     }
     config = getattr(transformers, cls_name)(**{**values, **extra})
     width = {"distilbert": "hidden_dim", "gpt2": "n_inner"}.get(model_type, "intermediate_size")
@@ -401,5 +412,5 @@ def make_tiny(
     torch.manual_seed(seed)
     auto = AutoModelForCausalLM if model_type in _DECODERS else AutoModelForSequenceClassification
     auto.from_config(config).save_pretrained(out)  # type: ignore[attr-defined]
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
     return str(out)

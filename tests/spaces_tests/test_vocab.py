@@ -22,9 +22,10 @@ BASE = {"train.lr": 3e-3, "train.epochs": 1, "train.batch_size": 16,
 # words the tokenizers know and the task never uses: what trimming removes
 OTHER = ("zebra quantum violin orchestra harbor lighthouse glacier meadow saxophone "
          "volcano canyon pyramid telescope carnival lantern blossom whisper marble").split()
-CASES = {  # name -> (task type, builder of the tiny model)
+CASES = {  # name -> task type
     "bert": "classification",
     "llama-bpe": "causal_lm",
+    "roberta-bpe": "classification",  # byte-level BPE with RoBERTa's <s> ... </s>
 }
 NO_PARETUNE = "import sys\nsys.modules['paretune'] = None\n"
 
@@ -32,7 +33,7 @@ NO_PARETUNE = "import sys\nsys.modules['paretune'] = None\n"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, topic_texts: list[str]) -> dict[str, str]:
     """Tiny models whose tokenizers know many words the task does not use."""
-    from paretune.models import make_tiny_llama, make_tiny_model
+    from paretune.models import make_tiny, make_tiny_llama, make_tiny_model
 
     root = tmp_path_factory.mktemp("vocab-models")
     texts = topic_texts + [" ".join(OTHER[i:] + OTHER[:i]) for i in range(len(OTHER))] * 3
@@ -40,6 +41,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, topic_texts: list[str]) -> 
         "bert": make_tiny_model(root / "bert", texts, hidden_size=64, intermediate_size=128),
         "llama-bpe": make_tiny_llama(root / "llama", texts, hidden_size=64,
                                      intermediate_size=128, tokenizer="bpe"),
+        "roberta-bpe": make_tiny(root / "roberta", "roberta", texts, hidden_size=64,
+                                 intermediate_size=128, tokenizer="bpe"),
     }
 
 
