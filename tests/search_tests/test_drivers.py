@@ -135,6 +135,14 @@ def test_read_only_commands_on_a_shared_study_mask_the_password(
         assert "***@" in results[3].stderr and results[3].stderr.count("\n") == 1
         for recipe in (tmp_path / "recipes").iterdir():
             assert secret not in recipe.read_text()
+        recipe = sorted((tmp_path / "recipes").iterdir())[0]
+        made = paretune("materialize", str(recipe), "-o", str(tmp_path / "model"))
+        assert made.returncode == 0, made.stderr
+        assert secret not in made.stdout + made.stderr
+        written = [f for f in (tmp_path / "model").rglob("*")
+                   if f.is_file() and f.suffix in (".md", ".json", ".yaml", ".txt")]
+        assert any(f.name == "README.md" for f in written)  # the model card
+        assert all(secret not in f.read_text(errors="replace") for f in written)
         assert secret not in out + err
         banner = _dashboard_banner(url)
         assert "***@" in banner and secret not in banner
