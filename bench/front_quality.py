@@ -144,6 +144,7 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
         "at_chance": sum(t.user_attrs["accuracy"] <= at_chance for t in done),
         "wall_s": round(wall, 1), "hypervolume": round(hv, 4),
         "reference_point": REFERENCE, "chance": round(chance, 4),
+        "eval_rows": len(labels), "eval_origin": dataset.eval_origin,
         "best_accuracy": max((t.user_attrs["accuracy"] for t in done), default=None),
         **best_at,
         "front": [

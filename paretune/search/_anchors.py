@@ -3,13 +3,14 @@ good points at once: the plain fine-tune, and standard compressions of it.
 
 With ``train.init: finetuned`` in the space, the plain fine-tune is the study's reference
 (trained once, see ``paretune.reference``) measured as it is, and the compressions start
-from it: int8 and 4-bit weights with no further training, and half the layers recovered
-with three epochs of distillation, with its whole vocabulary and with the task's tokens
-only. Otherwise each anchor fine-tunes the pretrained base with
-the reference's recipe. Every anchor is drawn through the study's own space (``suggest``),
-so it is a point the space holds: a number outside the config's range or list takes the
-nearest value it allows (3 recovery epochs become 1 where `train.epochs: [0, 1]`); an anchor
-the config rules out otherwise (say, a fixed quant.format) is dropped, and so are duplicates.
+from it: int8 weights, and 4-bit weights (groups of 32 and of 128) on the task's tokens
+only, with no further training; and half the layers recovered with three epochs of
+distillation at 4 bits, with its whole vocabulary and with the task's tokens only.
+Otherwise each anchor fine-tunes the pretrained base with the reference's recipe. Every
+anchor is drawn through the study's own space (``suggest``), so it is a point the space
+holds: a number outside the config's range or list takes the nearest value it allows (3
+recovery epochs become 1 where `train.epochs: [0, 1]`); an anchor the config rules out
+otherwise (say, a fixed quant.format) is dropped, and so are duplicates.
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ def anchors(space: Mapping[str, Any], info: Any, recipe: Mapping[str, Any]) -> l
     smallest = {**full, **starts["recover"], "arch.n_layers": max(1, info.n_layers // 2),
                 "arch.layer_selection": "first", "distill.enabled": True,
                 "distill.temperature": 2.0, "distill.alpha": 0.5, "quant.format": "int4-g32"}
+    trimmed = {**full, **starts["as is"], "vocab.keep": "task"}
     wanted = [
         {**full, **starts["as is"]},
         {**full, **starts["as is"], "quant.format": "int8"},
-        {**full, **starts["as is"], "quant.format": "int4-g32"},
+        # no training: the cheapest near-lossless points, below the embedding table's floor
+        {**trimmed, "quant.format": "int4-g32"},
+        {**trimmed, "quant.format": "int4-g128"},
         smallest,
-        {**smallest, "vocab.keep": "task"},  # below the embedding table's floor
+        {**smallest, "vocab.keep": "task"},
     ]
     out: list[dict[str, Any]] = []
     for anchor in wanted:

@@ -31,22 +31,26 @@ def _quiet(line: str) -> None:
 
 def test_a_new_study_starts_with_the_anchors(raw_config: dict[str, Any]) -> None:
     raw_config["space"] = {}  # the default space of the tiny 2-layer BERT
-    raw_config["study"].update(n_trials=6)
+    raw_config["study"].update(n_trials=7)
     study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
     params = [t.user_attrs["params"] for t in sorted(study.trials, key=lambda t: t.number)]
     as_is = {"train.init": "finetuned", "train.epochs": 0, "peft.method": "none",
              "arch.n_layers": 2, "prune.ratio": 0.0}
-    for p, fmt in zip(params, ["fp32", "int8", "int4-g32"]):
-        assert {k: p[k] for k in as_is} == as_is and p["quant.format"] == fmt
-    assert params[3]["arch.n_layers"] == 1 and params[3]["distill.enabled"] is True
-    assert params[3]["train.epochs"] == 3 and params[3]["quant.format"] == "int4-g32"
-    assert params[3]["vocab.keep"] == "all"
-    assert params[4] == {**params[3], "vocab.keep": "task"}  # the smallest, trimmed
-    assert len(study.get_trials(states=(COMPLETE,))) == 6  # the sampler takes over after them
+    kept = [(p["quant.format"], p["vocab.keep"]) for p in params[:4]]
+    assert kept == [("fp32", "all"), ("int8", "all"), ("int4-g32", "task"),
+                    ("int4-g128", "task")]
+    assert all({k: p[k] for k in as_is} == as_is for p in params[:4])
+    assert params[4]["arch.n_layers"] == 1 and params[4]["distill.enabled"] is True
+    assert params[4]["train.epochs"] == 3 and params[4]["quant.format"] == "int4-g32"
+    assert params[4]["vocab.keep"] == "all"
+    assert params[5] == {**params[4], "vocab.keep": "task"}  # the smallest, trimmed
+    seeded = [t for t in study.trials if t.system_attrs.get("fixed_params")]
+    assert len(seeded) == 6 and not study.trials[6].system_attrs.get("fixed_params")
+    assert len(study.get_trials(states=(COMPLETE,))) == 7  # the sampler takes over after them
     again = run_study(parse_config({**raw_config, "study": {**raw_config["study"],
-                                                            "n_trials": 8}}),
+                                                            "n_trials": 9}}),
                       trial_fn=fake, log=_quiet)
-    assert [t.user_attrs["params"] for t in again.trials[:6]] == params  # not enqueued again
+    assert [t.user_attrs["params"] for t in again.trials[:7]] == params  # not enqueued again
 
 
 def test_an_anchor_takes_the_nearest_number_a_listed_knob_allows(
@@ -58,9 +62,11 @@ def test_an_anchor_takes_the_nearest_number_a_listed_knob_allows(
     study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
     params = [t.user_attrs["params"] for t in sorted(study.trials, key=lambda t: t.number)]
     anchored = [p for t, p in zip(study.trials, params) if t.system_attrs.get("fixed_params")]
+    # int8 and int4-g128 are not in the list: those anchors are dropped
     assert [p["quant.format"] for p in anchored] == ["fp32", "int4-g32", "int4-g32", "int4-g32"]
     assert [p["train.epochs"] for p in anchored] == [0, 0, 1, 1]  # 3 recovery epochs -> 1
-    assert anchored[2]["arch.n_layers"] == 1 and anchored[3]["vocab.keep"] == "task"
+    assert [p["vocab.keep"] for p in anchored] == ["all", "task", "all", "task"]
+    assert anchored[2]["arch.n_layers"] == 1
 
 
 def test_anchors_can_be_switched_off(raw_config: dict[str, Any]) -> None:
