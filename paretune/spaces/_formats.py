@@ -370,8 +370,9 @@ def _write_torchao(model: Any, path: Path, request: SaveRequest) -> None:
     if request.options["weights"] == "int4":  # tinygemm: bf16 activations, int4 per group
         config = Int4WeightOnlyConfig(group_size=int(request.options["block"]),
                                       int4_packing_format="tile_packed_to_4d")
-    else:
-        config = Int8WeightOnlyConfig()
+    else:  # version 2 (Int8Tensor): version 1's AffineQuantizedTensor has no safetensors form
+        fields = getattr(Int8WeightOnlyConfig, "__dataclass_fields__", {})
+        config = Int8WeightOnlyConfig(**({"version": 2} if "version" in fields else {}))
     _write_quantized(model, path, request, TorchAoConfig(quant_type=config), torch.bfloat16)
 
 

@@ -103,8 +103,28 @@ def _needs(fmt: str, device: str) -> str | None:
     return _NEEDS.get((fmt[:3], device))
 
 
+# the oldest release whose saved form transformers writes for every format paretune asks
+# of it (torchao 0.16: int8 weight-only as Int8Tensor; older int8 has no safetensors form)
+_OLDEST = {"torchao": (0, 16)}
+
+
 def _installed(module: str | None) -> bool:
-    return module is None or importlib.util.find_spec(module) is not None
+    if module is None:
+        return True
+    if importlib.util.find_spec(module) is None:
+        return False
+    return _version(module) >= _OLDEST.get(module, (0,))
+
+
+def _version(module: str) -> tuple[int, ...]:
+    import importlib.metadata
+    import re
+
+    try:
+        text = importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return (0,)
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
 def cpu_has_bf16() -> bool:
@@ -155,9 +175,11 @@ def check(cfg: QuantConfig, info: SpaceInfo) -> None:
     need = _needs(cfg.format, device)
     if not _installed(need):
         pip = "onnxruntime onnx" if need == "onnxruntime" else need
+        oldest = ".".join(map(str, _OLDEST.get(need, ())))
         raise ConfigError(
-            f"quant.format {cfg.format} on {device} ships for {need}, which is not installed: "
-            f"pip install {pip}."
+            f"quant.format {cfg.format} on {device} ships for {need}"
+            f"{' >= ' + oldest if oldest else ''}, which is not installed: "
+            f"pip install -U {pip}."
         )
     if cfg.mode == "qlora":
         if info.device != "cuda" or not _installed("bitsandbytes"):

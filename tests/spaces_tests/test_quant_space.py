@@ -40,7 +40,27 @@ def test_cuda_formats_follow_the_installed_libraries(monkeypatch: pytest.MonkeyP
     assert {"fp16", "bf16", "int8", "int4-g64"} <= set(offered) and "nf4-g64" not in offered
     assert quant.saved_format("int4-g64", "cuda") == ("torchao", {"weights": "int4",
                                                                   "block": 64})
-    with pytest.raises(ConfigError, match="not installed: pip install bitsandbytes"):
+    with pytest.raises(ConfigError, match="not installed: pip install -U bitsandbytes"):
         quant.check(quant.QuantConfig(format="nf4-g64"), info("cuda"))
     with pytest.raises(ConfigError, match="use int4-g64 there"):
         quant.check(quant.QuantConfig(format="nf4-g64"), info("cpu"))
+
+
+def test_a_torchao_too_old_to_save_int8_counts_as_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchao before 0.16 quantizes int8 into a tensor type with no safetensors form: every
+    such trial would fail at save time, so its formats are not offered on a GPU."""
+    found = {"torchao": "0.15.0"}
+    monkeypatch.setattr(quant.importlib.util, "find_spec",
+                        lambda name: object() if name in found else None)
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: found[name])
+    offered = quant.offered(info("cuda"))
+    assert not {"int8", "int4-g32"} & set(offered) and "fp16" in offered
+    with pytest.raises(ConfigError, match=r"ships for torchao >= 0\.16, which is not installed"):
+        quant.check(quant.QuantConfig(format="int8"), info("cuda"))
+    found["torchao"] = "0.16.0+cu126"
+    assert {"int8", "int4-g32"} <= set(quant.offered(info("cuda")))
+    quant.check(quant.QuantConfig(format="int8"), info("cuda"))  # no error
