@@ -105,7 +105,7 @@ def _needs(fmt: str, device: str) -> str | None:
 
 # the oldest release whose saved form transformers writes for every format paretune asks
 # of it (torchao 0.16: int8 weight-only as Int8Tensor; older int8 has no safetensors form)
-_OLDEST = {"torchao": (0, 16)}
+_OLDEST: dict[str, tuple[int, ...]] = {"torchao": (0, 16)}
 
 
 def _installed(module: str | None) -> bool:
@@ -175,7 +175,7 @@ def check(cfg: QuantConfig, info: SpaceInfo) -> None:
     need = _needs(cfg.format, device)
     if not _installed(need):
         pip = "onnxruntime onnx" if need == "onnxruntime" else need
-        oldest = ".".join(map(str, _OLDEST.get(need, ())))
+        oldest = ".".join(map(str, _OLDEST.get(need or "", ())))
         raise ConfigError(
             f"quant.format {cfg.format} on {device} ships for {need}"
             f"{' >= ' + oldest if oldest else ''}, which is not installed: "
