@@ -63,8 +63,10 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
 
     hf_logging.set_verbosity_error()
     device = args.device
-    if device == "cpu":
-        torch.set_num_threads(args.threads)
+    # CPU threads shared out as the multiprocess launcher does (OMP_NUM_THREADS = cores / N
+    # workers): N processes with a thread per core each would oversubscribe the host, whose
+    # CPU launches a small model's kernels
+    torch.set_num_threads(args.threads)
     torch.manual_seed(rank)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(  # fp32, as trials train
@@ -170,7 +172,9 @@ def main() -> None:
                         help="training steps before a process's first timing")
     parser.add_argument("--stagger", type=int, default=2, help="steps between ranks' timings")
     parser.add_argument("--round-every", type=int, default=20, help="steps between rounds")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: cores / processes, as the "
+                             "multiprocess launcher gives its workers)")
     parser.add_argument("--timeout", type=float, default=420.0)
     parser.add_argument("--quick", action="store_true",
                         help="tiny model, 4 processes, short rounds: a CPU plumbing check")
@@ -182,13 +186,15 @@ def main() -> None:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.processes)
     with open(Path(args.data) / "train.csv", newline="") as fh:
         texts = [row["text"] for row in csv.DictReader(fh)]
     from paretune.trial import describe_device
 
     print(f"{datetime.date.today()}: {args.processes} processes on "
           f"{describe_device(args.device, args.threads if args.device == 'cpu' else None)}"
-          f" (per process); torch {torch.__version__}; model {args.model}", flush=True)
+          f" (per process, {args.threads} CPU threads each); torch {torch.__version__}; "
+          f"model {args.model}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="paretune-noise-") as tmp, \
             tempfile.TemporaryDirectory(prefix="paretune-locks-") as locks:
