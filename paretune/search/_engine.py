@@ -20,6 +20,7 @@ from paretune.search._storage import (
     HEARTBEAT_KEY,
     Heartbeat,
     StorageLost,
+    asking,
     checkpoint_sqlite,
     describe,
     fail_stale,
@@ -406,9 +407,9 @@ class _Run:
 
     def ask(self) -> None:
         self.step = "asking for a new trial"
-        if self.grid is not None:
-            self.study.enqueue_trial(_grid_todo(self.study, self.grid)[0])
-        with warnings.catch_warnings():
+        with asking(self.cfg.study.storage, self.study._storage), warnings.catch_warnings():
+            if self.grid is not None:
+                self.study.enqueue_trial(_grid_todo(self.study, self.grid)[0])
             # Optuna's heartbeat is documented for Study.optimize; ask/tell beats it here
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
@@ -576,10 +577,13 @@ def run_study(
     for note in cfg.notes:
         log(note)
     dataset = None
-    if not study.get_trials(deepcopy=False) and cfg.study.anchors and grid is None:
+    if cfg.study.anchors and grid is None and not study.get_trials(deepcopy=False):
         dataset = _task_data(cfg)
-        for params in _anchors_for(cfg, dataset):
-            study.enqueue_trial(params, skip_if_exists=True)
+        anchors = _anchors_for(cfg, dataset)
+        with asking(cfg.study.storage, study._storage):  # drivers starting at once: once
+            if not study.get_trials(deepcopy=False):
+                for params in anchors:
+                    study.enqueue_trial(params, skip_if_exists=True)
     chance = _chance(cfg, dataset) if cfg.study.early_stopping else None
     run = None
     try:

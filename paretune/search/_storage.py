@@ -8,11 +8,15 @@ heartbeat, so that a driver fails only the trials whose driver is gone (``fail_s
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +26,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "HEARTBEAT_KEY", "Heartbeat", "StorageLost", "checkpoint_sqlite", "describe", "fail_stale",
-    "mask_url", "open_storage", "sqlite_path", "storage_hint",
+    "HEARTBEAT_KEY", "Heartbeat", "StorageLost", "asking", "checkpoint_sqlite", "describe",
+    "fail_stale", "mask_url", "open_storage", "sqlite_path", "storage_hint",
 ]
 
 HEARTBEAT_KEY = "paretune.heartbeat"  # trial system attr: the trial's heartbeat is recorded
@@ -67,6 +71,46 @@ def sqlite_path(url: str) -> Path | None:
     if path in ("", ":memory:") or path.startswith("file::memory:"):
         return None
     return Path(path)
+
+
+def asking(url: str, storage: Any = None) -> contextlib.AbstractContextManager[Any]:
+    """Held while a driver enqueues or asks for trials, so that the drivers of one study take
+    turns at it.
+
+    - Optuna claims an enqueued trial by reading it WAITING and writing it RUNNING. A
+      database with row locks makes that one step; SQLite has none, so two drivers asking at
+      once could both claim one enqueued trial (an anchor) and run it twice.
+    - Drivers that start together each see a study with no trials yet, and each would
+      enqueue the anchors.
+
+    SQLite: a file lock in the system's temporary directory, named by the database's path
+    (its drivers share one machine: SQLite is not safe over network file systems).
+    PostgreSQL: an advisory lock named by the study's URL, on a connection of ``storage``'s
+    own engine. Other databases: row locks keep the claim safe; drivers that start in the
+    same instant may enqueue the anchors twice."""
+    path = sqlite_path(url)
+    if path is not None:
+        from filelock import FileLock
+
+        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        return FileLock(str(Path(tempfile.gettempdir()) / f"paretune-ask-{key}.lock"))
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        return _advisory_lock(engine, url)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Any, name: str) -> Iterator[None]:
+    from sqlalchemy import text
+
+    key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)  # a positive bigint
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
 class _WalConnection(sqlite3.Connection):

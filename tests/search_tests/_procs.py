@@ -33,9 +33,6 @@ def write_config(tmp: Path, storage: str, dataset: str, model: str, **study: Any
     raw = {
         "study": {"name": study.pop("name", "drivers"), "storage": storage, "n_trials": 16,
                   "sampler": "random", "heartbeat_interval": 1, "grace_period": 10,
-                  # no enqueued anchors: on SQLite two drivers asking at once can both take
-                  # one (no row locks; README, "Launch"), which these tests do not measure
-                  "anchors": False,
                   "cache_dir": str(tmp / "cache"), **study},
         "model": {"name": model, "max_length": 32},
         "task": {"dataset": dataset},

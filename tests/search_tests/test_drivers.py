@@ -55,6 +55,9 @@ def test_four_drivers_share_one_study(
     complete = [t for t in trials if t.state == COMPLETE]
     assert 16 <= len(complete) <= 16 + 4 - 1  # trials in flight when the count was reached
     assert [t.number for t in trials if t.state in (FAIL, RUNNING)] == []
+    anchors = [str(sorted(t.system_attrs["fixed_params"].items())) for t in trials
+               if "fixed_params" in t.system_attrs]
+    assert len(anchors) >= 3 and len(set(anchors)) == len(anchors)  # each enqueued once
     secret = _password(url)
     if secret:  # the password is in no output of any driver
         assert all(secret not in out + err for _, out, err in outcomes)
@@ -169,3 +172,46 @@ def _dashboard_banner(url: str) -> str:
     finally:
         optuna_dashboard.run_server = real
     return err.getvalue()
+
+
+_CLAIM = """
+import sys, optuna
+from paretune.search._storage import asking
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+url, name = sys.argv[1:]
+study = optuna.load_study(study_name=name, storage=url)
+while True:
+    with asking(url, study._storage):
+        trial = study.ask()
+    if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        break
+    print(trial.number, flush=True)
+    study.tell(trial, 1.0)
+"""
+
+
+def test_drivers_asking_at_once_claim_each_enqueued_trial_once(
+    storage: tuple[str, str], tmp_path: Path
+) -> None:
+    """Optuna claims an enqueued trial by reading it WAITING, then writing it RUNNING; on
+    SQLite (no row locks) two processes asking at once took the same one (without
+    ``asking``, this test's processes crash telling a trial another already told)."""
+    import subprocess
+    import sys
+
+    from _procs import env
+
+    url, name = storage
+    study = optuna.create_study(study_name=name, storage=url)
+    for i in range(40):
+        study.enqueue_trial({"x": float(i)})
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIM, url, name], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    claimed = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        claimed += [int(line) for line in out.split()]
+    assert sorted(claimed) == list(range(40))  # every enqueued trial, each by one process
