@@ -264,6 +264,10 @@ def check(cfg: TrainConfig, info: SpaceInfo) -> None:
 # a full fine-tune peaks near 3e-4, LoRA near 1e-3 (NaN in bf16 at 3e-3), IA3 near 3e-2, the
 # head alone near 1e-1; recovering a 3-layer copy of the finetuned reference wants 1e-4..3e-4
 # and 2-3 epochs.
+def _trains(epochs: int) -> bool:
+    return epochs > 0
+
+
 _FRESH_LR = {
     "none": Float(1e-4, 6e-4, log=True),
     "lora": Float(5e-4, 2e-3, log=True),
@@ -290,14 +294,17 @@ register_family(
     stage=Stage.TRAIN,
     knobs={
         "init": Choice(*INITS),
-        "lr": _LR,
         "epochs": Switch("train.init", {"finetuned": Int(0, 3)}, default=_FRESH_EPOCHS),
+        "lr": _LR,
         "batch_size": Choice(16, 32),
         "weight_decay": Choice(0.01),
         "warmup_ratio": Choice(0.1),
         "scheduler": Choice("linear"),
         "precision": Choice("fp32"),
     },
+    # at 0 epochs nothing trains: a rate or batch size drawn there would make the same model
+    # a different point for the sampler (the demo drew one twice)
+    knob_when={"lr": {"train.epochs": _trains}, "batch_size": {"train.epochs": _trains}},
     shape=shape,
     check=check,
 )

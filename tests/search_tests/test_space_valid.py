@@ -188,3 +188,6 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     assert untrained and trained
     assert {p["arch.n_layers"] for p in untrained} == {cfg.info.n_layers}
     assert min(p["arch.n_layers"] for p in trained) < cfg.info.n_layers
+    # nothing trains at 0 epochs: no rate or batch size is drawn to tell such points apart
+    assert not [p for p in untrained if {"train.lr", "train.batch_size"} & set(p)]
+    assert all({"train.lr", "train.batch_size"} <= set(p) for p in trained)
