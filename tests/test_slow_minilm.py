@@ -19,7 +19,7 @@ def test_two_trial_minilm_search_on_bbc(tmp_path: Path) -> None:
         f"study.cache_dir={tmp_path / 'cache'}", "task.max_train_rows=120",
         "task.max_eval_rows=80", "model.max_length=64", "space.train.epochs=1",
         "space.peft.method=none", "space.train.lr=0.001", "space.arch.n_layers=6",
-        "space.quant.format=fp32",
+        "space.quant.format=fp32", "space.vocab.keep=all",
     ])
     study = run_study(cfg, log=lambda line: None)
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
