@@ -371,8 +371,7 @@ def _write_torchao(model: Any, path: Path, request: SaveRequest) -> None:
         config = Int4WeightOnlyConfig(group_size=int(request.options["block"]),
                                       int4_packing_format="tile_packed_to_4d")
     else:  # version 2 (Int8Tensor): version 1's AffineQuantizedTensor has no safetensors form
-        fields = getattr(Int8WeightOnlyConfig, "__dataclass_fields__", {})
-        config = Int8WeightOnlyConfig(**({"version": 2} if "version" in fields else {}))
+        config = Int8WeightOnlyConfig(version=2)
     _write_quantized(model, path, request, TorchAoConfig(quant_type=config), torch.bfloat16)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from paretune.errors import ConfigError
 from paretune.spaces._base import Choice, FamilyConfig, Float, Stage, TrialContext, register_family
+from paretune.spaces.train import trains
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,6 @@ def apply(model: Any, cfg: DistillConfig, ctx: TrialContext) -> Any:
     return model
 
 
-def _trains(epochs: int) -> bool:
-    return epochs > 0
-
-
 register_family(
     "distill",
     DistillConfig,
@@ -98,7 +95,7 @@ register_family(
         "alpha": Float(0.0, 1.0),
     },
     knob_when={
-        "enabled": {"train.epochs": _trains},
+        "enabled": {"train.epochs": trains},
         "temperature": {"distill.enabled": True},
         "alpha": {"distill.enabled": True},
     },

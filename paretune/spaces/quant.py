@@ -23,6 +23,7 @@ changed here: the COMPRESS hook only names the saved format; the artifact writer
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,7 @@ def _needs(fmt: str, device: str) -> str | None:
 
 # the oldest release whose saved form transformers writes for every format paretune asks
 # of it (torchao 0.16: int8 weight-only as Int8Tensor; older int8 has no safetensors form)
-_OLDEST: dict[str, tuple[int, ...]] = {"torchao": (0, 16)}
+_OLDEST = {"torchao": "0.16"}
 
 
 def _installed(module: str | None) -> bool:
@@ -113,18 +114,11 @@ def _installed(module: str | None) -> bool:
         return True
     if importlib.util.find_spec(module) is None:
         return False
-    return _version(module) >= _OLDEST.get(module, (0,))
+    if module not in _OLDEST:
+        return True
+    from packaging.version import Version  # transformers' own dependency
 
-
-def _version(module: str) -> tuple[int, ...]:
-    import importlib.metadata
-    import re
-
-    try:
-        text = importlib.metadata.version(module)
-    except importlib.metadata.PackageNotFoundError:
-        return (0,)
-    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+    return Version(importlib.metadata.version(module)) >= Version(_OLDEST[module])
 
 
 def cpu_has_bf16() -> bool:
@@ -175,7 +169,7 @@ def check(cfg: QuantConfig, info: SpaceInfo) -> None:
     need = _needs(cfg.format, device)
     if not _installed(need):
         pip = "onnxruntime onnx" if need == "onnxruntime" else need
-        oldest = ".".join(map(str, _OLDEST.get(need or "", ())))
+        oldest = _OLDEST.get(need or "")
         raise ConfigError(
             f"quant.format {cfg.format} on {device} ships for {need}"
             f"{' >= ' + oldest if oldest else ''}, which is not installed: "

@@ -260,14 +260,15 @@ def check(cfg: TrainConfig, info: SpaceInfo) -> None:
         raise ConfigError("train.precision bf16 is not supported by this GPU; use fp16 or fp32.")
 
 
+def trains(epochs: int) -> bool:
+    """The condition of the knobs that only matter when the trial trains (epochs > 0)."""
+    return epochs > 0
+
+
 # Default ranges per way of training, from bench/calibrate.py (docs/knobs.md has the table):
 # a full fine-tune peaks near 3e-4, LoRA near 1e-3 (NaN in bf16 at 3e-3), IA3 near 3e-2, the
 # head alone near 1e-1; recovering a 3-layer copy of the finetuned reference wants 1e-4..3e-4
 # and 2-3 epochs.
-def _trains(epochs: int) -> bool:
-    return epochs > 0
-
-
 _FRESH_LR = {
     "none": Float(1e-4, 6e-4, log=True),
     "lora": Float(5e-4, 2e-3, log=True),
@@ -304,7 +305,7 @@ register_family(
     },
     # at 0 epochs nothing trains: a rate or batch size drawn there would make the same model
     # a different point for the sampler (the demo drew one twice)
-    knob_when={"lr": {"train.epochs": _trains}, "batch_size": {"train.epochs": _trains}},
+    knob_when={"lr": {"train.epochs": trains}, "batch_size": {"train.epochs": trains}},
     shape=shape,
     check=check,
 )
