@@ -13,8 +13,9 @@ reference), and the default space (no `space` section):
 For each it prints the front, and: the hypervolume against one fixed reference point
 (accuracy 0, size_mb 91: the fp32 MiniLM artifact is 90.99 MB, so nothing larger counts),
 the best accuracy, the best accuracy at <= 13 / 7.5 / 4.5 MB, trials failed / stopped /
-completed at chance, wall time and GPU. Each configuration's result is a JSON line (also
-appended to --out) as soon as it ends; --report prints the comparison of saved results.
+drawn again (twins: recorded, not run) / completed at chance, wall time and GPU. Each
+configuration's result is a JSON line (also appended to --out) as soon as it ends;
+--report prints the comparison of saved results.
 
     # on the GPU machine: real MiniLM weights ($PARETUNE_DEVICE_MINILM from device-pack
     # --model minilm) and BANKING77 (train.csv / test.csv, columns text,category)
@@ -140,7 +141,10 @@ def summarize(name: str, study: Any, dataset: Any, wall: float,
             str(t.user_attrs.get("error"))[:120] for t in failed}),
         # cancelled by a stopped run (SIGTERM at a time limit) and re-run on resume
         "cancelled": sum(t.state == state.FAIL for t in trials) - len(failed),
-        "stopped": sum(t.state == state.PRUNED for t in trials),
+        "stopped": sum(t.state == state.PRUNED and "duplicate_of" not in t.user_attrs
+                       for t in trials),
+        # drawn with the knobs of an earlier trial: recorded, not run (no GPU time)
+        "twins": sum("duplicate_of" in t.user_attrs for t in trials),
         "at_chance": sum(t.user_attrs["accuracy"] <= at_chance for t in done),
         "wall_s": round(wall, 1), "hypervolume": round(hv, 4),
         "reference_point": REFERENCE, "chance": round(chance, 4),
@@ -180,13 +184,14 @@ def _gpu() -> str:
 
 def report(rows: list[dict[str, Any]]) -> str:
     by = {r["config"]: r for r in rows}
-    lines = ["| config | trials | failed | stopped | at chance | best acc | best acc <= 13 MB "
-             "| <= 7.5 MB | <= 4.5 MB | hypervolume | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | trials | failed | stopped | twins | at chance | best acc "
+             "| best acc <= 13 MB | <= 7.5 MB | <= 4.5 MB | hypervolume | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['trials']} | {r['failed']} | {r['stopped']} | "
+            f"{r.get('twins', 0)} | "
             f"{r['at_chance']} | {fmt(r['best_accuracy'])} | {fmt(r['best_accuracy_at_13mb'])}"
             f" | {fmt(r['best_accuracy_at_7.5mb'])} | {fmt(r['best_accuracy_at_4.5mb'])} | "
             f"{r['hypervolume']:.3f} | {r['wall_s']:.0f} |")

@@ -50,6 +50,8 @@ STOPPED = "cancelled: the search was stopped (SIGTERM) while this trial ran"
 # failures that are not the trial's own: not counted toward n_trials, the trial is replaced
 LOST = ("worker lost:", "cancelled:", "interrupted:")
 CONSTRAINTS_KEY = "constraints"  # trial system attr; see tell_result
+DUPLICATE = "the same knobs as trial"  # a drawn twin of an earlier trial (see _Run.ask)
+MAX_TWINS_IN_A_ROW = 10  # twins drawn at one asking before the driver waits for a result
 
 
 class TrialsFailing(ParetuneError):
@@ -405,7 +407,11 @@ class _Run:
         """``study.timeout`` has passed: ask for nothing new, let running trials finish."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def ask(self) -> None:
+    def ask(self) -> int | None:
+        """Ask for a trial and submit it. A trial drawn with the knobs of one the study
+        already holds (completed, stopped or running) is not run again: every trial trains
+        with the study's seed, so it would repeat that trial's result. It is recorded as
+        stopped (PRUNED, replaced like any stopped trial) and its twin's number returned."""
         self.step = "asking for a new trial"
         with asking(self.cfg.study.storage, self.study._storage), warnings.catch_warnings():
             if self.grid is not None:
@@ -429,11 +435,22 @@ class _Run:
             ) from None
         trial.set_user_attr("params", params)
         trial.set_user_attr("summary", summary(params))
+        twin = _twin(self.study, trial.number, params)
+        if twin is not None:
+            import optuna
+
+            self.heartbeat.discard(trial._trial_id)
+            trial.set_user_attr("duplicate_of", twin)
+            trial.set_user_attr("stopped", f"{DUPLICATE} {twin}: not run again, its result "
+                                           "stands")
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return twin
         self.pending[trial.number] = (trial, params)
         rule = stop_rule(self.study, self.cfg, self.chance) if self.cfg.study.early_stopping \
             else None
         context = {**self.context, "stop_rule": rule}
         self.launcher.submit(self.trial_fn, TrialSpec(trial.number, params, context))
+        return None
 
     def fail_unstarted(self, trial: optuna.Trial, error: str) -> None:
         import optuna
@@ -489,6 +506,20 @@ class _Run:
 
     def close(self) -> None:
         self.heartbeat.stop()
+
+
+def _twin(study: optuna.Study, number: int, params: dict[str, Any]) -> int | None:
+    """The first other trial drawn with exactly ``params`` that completed, was stopped or
+    is running (a failed one may have failed for a passing reason: it may run again)."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False,
+                              states=(state.COMPLETE, state.PRUNED, state.RUNNING)):
+        if t.number != number and "duplicate_of" not in t.user_attrs \
+                and t.user_attrs.get("params") == params:
+            return t.number
+    return None
 
 
 def _task_data(cfg: Config) -> Any:
@@ -635,9 +666,17 @@ def _loop(run: _Run, front: FrontTracker, progress: Any, log: Callable[[str], No
         run.check_stale(log)
         late = run.out_of_time()
         want = 0 if run.stop_reason or late else _remaining(run.study, cfg, run.grid)
-        for _ in range(min(max(1, launcher.max_concurrent) - len(run.pending), want)):
-            run.ask()
-            progress.started()
+        slots = min(max(1, launcher.max_concurrent) - len(run.pending), want)
+        asked, twins = 0, 0
+        # a drawn twin of an earlier trial frees its slot at once: draw again, a few times
+        while asked < slots and twins < MAX_TWINS_IN_A_ROW:
+            twin = run.ask()
+            if twin is None:
+                asked, twins = asked + 1, 0
+                progress.started()
+            else:
+                twins += 1
+                log(f"trial {run.next_number - 1} skipped: {DUPLICATE} {twin}")
         progress.total = max(progress.total, progress.done + progress.failed + progress.running)
         if run.pending:
             for result in launcher.wait():

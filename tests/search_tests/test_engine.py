@@ -217,3 +217,30 @@ def test_timeout_starts_no_trial_after_it_and_lets_the_running_one_finish(
 def test_timeout_must_be_positive(raw_config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="study.timeout must be a positive number"):
         _cfg(raw_config, timeout=0)
+
+
+def test_a_drawn_twin_of_an_earlier_trial_is_not_run_again(raw_config: dict[str, Any]) -> None:
+    # a space of two points and a budget of three: the third trial can only be a twin
+    raw_config["space"].update({"peft.method": "none", "train.lr": [1e-3, 2e-3]})
+    raw_config["study"].update(sampler="random", n_trials=3)
+    cfg = parse_config(raw_config)
+    ran: list[dict[str, Any]] = []
+
+    def counting(spec: TrialSpec) -> TrialResult:
+        ran.append(dict(spec.params))
+        return fake_trial(spec)
+
+    lines: list[str] = []
+    study = run_study(cfg, trial_fn=counting, log=lines.append)
+    done = study.get_trials(states=(COMPLETE,))
+    twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(done) == 2 == len(ran)
+    assert ran[0] != ran[1]  # the second trial run is a new point
+    assert twins  # the run ended when stopped twins exceeded the budget, as stopped trials do
+    for t in twins:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        first = study.trials[t.user_attrs["duplicate_of"]]
+        assert first.user_attrs["params"] == t.user_attrs["params"]
+        assert "duplicate_of" not in first.user_attrs
+        assert f"the same knobs as trial {first.number}" in t.user_attrs["stopped"]
+    assert sum("skipped: the same knobs as trial" in line for line in lines) == len(twins)
