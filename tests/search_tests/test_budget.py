@@ -126,7 +126,9 @@ def test_a_trial_at_chance_after_its_first_evaluation_is_stopped_with_the_reason
     done = study.get_trials(states=(COMPLETE,))
     assert [t.params["train.epochs"] for t in done] == [1]  # stopped is not completed
     raw_config["study"].update(sampler="random", n_trials=3)
-    raw_config["space"]["train.epochs"] = 1
+    # new points only: a trial drawn with an earlier one's knobs would not run again
+    raw_config["space"].update({"train.epochs": 1,
+                                "train.lr": {"low": 1e-3, "high": 2e-3, "log": True}})
     resumed = run_study(parse_config(raw_config), log=_quiet)
     assert len(resumed.get_trials(states=(COMPLETE,))) == 3  # 1 before, 2 now: none lost
     assert len(resumed.get_trials(states=(PRUNED,))) == 1
