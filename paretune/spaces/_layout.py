@@ -209,9 +209,18 @@ def space_info(config: Any, task_type: str, device: str, objectives: tuple[str, 
     )
 
 
+def prefix_tuning_runs(model_type: str) -> bool:
+    """Whether peft can prefix-tune (``prefix``, ``ptuning``) a model of ``model_type`` under
+    the installed transformers."""
+    from transformers import AutoConfig
+
+    return _takes_past_key_values(AutoConfig.for_model(model_type))
+
+
 def _takes_past_key_values(config: Any) -> bool:
     """Prefix tuning feeds the prefixes as ``past_key_values``: models whose base forward has
-    no such argument (DistilBERT, DeBERTa) cannot be prefix-tuned."""
+    no such argument (DistilBERT, DeBERTa; in transformers 5.25, which renamed it ``cache``,
+    every model) cannot be prefix-tuned by peft (0.21)."""
     import inspect
 
     from transformers import AutoModel

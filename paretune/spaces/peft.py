@@ -64,7 +64,8 @@ def check(cfg: PeftConfig, info: SpaceInfo) -> None:
     if cfg.method in PROMPT_METHODS and not info.prefix_tuning:
         raise ConfigError(
             f"peft.method {cfg.method} feeds trained prefixes as past_key_values, which model "
-            f"type {info.model_type!r} does not take; choose lora, dora, adalora, ia3 or none."
+            f"type {info.model_type!r} does not take in transformers {_transformers()}; "
+            f"choose lora, dora, adalora, ia3 or none."
         )
     if cfg.method == "head" and info.task_type != "classification":
         raise ConfigError("peft.method head trains a classifier head; a causal_lm task has "
@@ -74,6 +75,12 @@ def check(cfg: PeftConfig, info: SpaceInfo) -> None:
             f"peft.method ia3 needs the layer layout of the model, which paretune does not "
             f"know for model type {info.model_type!r}; choose lora (targets all-linear)."
         )
+
+
+def _transformers() -> str:
+    import transformers
+
+    return str(transformers.__version__)
 
 
 def head_modules(model: Any, ctx: TrialContext) -> list[str] | None:

@@ -110,7 +110,11 @@ def test_materialized_model_card_loads_as_written_without_paretune(
 
     from paretune import data
     from paretune.models import load_artifact
+    from paretune.spaces._layout import prefix_tuning_runs
 
+    if library == "peft" and not prefix_tuning_runs("bert"):
+        pytest.skip("peft cannot feed prefixes to bert under this transformers (5.25 renamed "
+                    "past_key_values to cache): no adapter artifact to ship")
     raw_config["study"]["n_trials"] = 1
     raw_config["space"].update({"train.epochs": 3, "peft.method": "none", **params})
     config = tmp_path / "study.yaml"

@@ -13,6 +13,8 @@ from paretune.search import parse_config
 from paretune.trial import TrialSpec, build, run_trial, write_artifact
 
 ARCHS = ("bert", "llama")
+PROMPTS_SKIP = "peft cannot feed prefixes to {} under this transformers (5.25 renamed " \
+    "past_key_values to cache): prompt methods are left out of its space"
 BASE = {
     "train.lr": 3e-3, "train.epochs": 1, "train.batch_size": 16, "train.weight_decay": 0.0,
     "peft.method": "none",
@@ -76,6 +78,11 @@ def test_peft_trains_what_peft_counts_and_ships_loadable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import peft
+
+    from paretune.spaces._layout import prefix_tuning_runs
+
+    if method in ("prefix", "ptuning") and not prefix_tuning_runs(arch):
+        pytest.skip(PROMPTS_SKIP.format(arch))
 
     counted: list[int] = []
     real = peft.get_peft_model
