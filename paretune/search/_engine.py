@@ -101,12 +101,15 @@ def open_study(cfg: Config) -> optuna.Study:
         grace_period=cfg.study.grace_period,
     )
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=cfg.study.name,
-            directions=cfg.directions(),  # type: ignore[arg-type]
-            sampler=make_sampler(cfg), load_if_exists=True,
-        )
-        _init_or_check(study, cfg)
+        # drivers starting together: one creates the study and writes its attributes while
+        # the others wait, then they find them all
+        with asking(cfg.study.storage, storage):
+            study = optuna.create_study(
+                storage=storage, study_name=cfg.study.name,
+                directions=cfg.directions(),  # type: ignore[arg-type]
+                sampler=make_sampler(cfg), load_if_exists=True,
+            )
+            _init_or_check(study, cfg)
         _fail_stale(study, cfg)
         # a resumed seeded sampler must not draw the points it drew before
         study.sampler = make_sampler(cfg, seed_offset=len(study.get_trials(deepcopy=False)))
@@ -134,9 +137,9 @@ def _init_or_check(study: optuna.Study, cfg: Config) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(cfg.study.objectives))
-        study.set_user_attr("paretune.context", context)
         study.set_user_attr("paretune.objectives", cfg.study.objectives)
         study.set_user_attr("paretune.constraints", list(cfg.study.constraints))
+        study.set_user_attr("paretune.context", context)  # last: it marks the study complete
         return
     old = study.user_attrs.get("paretune.objectives", {})
     if old != cfg.study.objectives:
