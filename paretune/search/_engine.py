@@ -51,7 +51,9 @@ STOPPED = "cancelled: the search was stopped (SIGTERM) while this trial ran"
 LOST = ("worker lost:", "cancelled:", "interrupted:")
 CONSTRAINTS_KEY = "constraints"  # trial system attr; see tell_result
 DUPLICATE = "the same knobs as trial"  # a drawn twin of an earlier trial (see _Run.ask)
-MAX_TWINS_IN_A_ROW = 10  # twins drawn at one asking before the driver waits for a result
+# twins drawn in a row before the driver waits for a result; with none running it stops:
+# the space has no new point left (a small grid-like space, every knob fixed)
+MAX_TWINS_IN_A_ROW = 25
 
 
 class TrialsFailing(ParetuneError):
@@ -680,6 +682,11 @@ def _loop(run: _Run, front: FrontTracker, progress: Any, log: Callable[[str], No
             else:
                 twins += 1
                 log(f"trial {run.next_number - 1} skipped: {DUPLICATE} {twin}")
+        if twins >= MAX_TWINS_IN_A_ROW and not run.pending:
+            log(f"stopped asking: the last {twins} points drawn were all trials the study "
+                f"already holds, so the space may have no new point left "
+                f"({_tally(run.study).complete} completed); widen the space to go on.")
+            return
         progress.total = max(progress.total, progress.done + progress.failed + progress.running)
         if run.pending:
             for result in launcher.wait():

@@ -236,7 +236,8 @@ def test_a_drawn_twin_of_an_earlier_trial_is_not_run_again(raw_config: dict[str,
     twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert len(done) == 2 == len(ran)
     assert ran[0] != ran[1]  # the second trial run is a new point
-    assert twins  # the run ended when stopped twins exceeded the budget, as stopped trials do
+    assert twins
+    assert "the space may have no new point left (2 completed)" in lines[-1]
     for t in twins:
         assert t.state == optuna.trial.TrialState.PRUNED
         first = study.trials[t.user_attrs["duplicate_of"]]
