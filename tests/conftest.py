@@ -42,6 +42,19 @@ def topic_texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def needs_prefix_tuning() -> Any:
+    """Call with a model type: skips the test where peft cannot prefix-tune it under the
+    installed transformers (5.25 renamed past_key_values to cache)."""
+    from paretune.spaces._layout import prefix_tuning_runs
+
+    def skip_unless(model_type: str) -> None:
+        if not prefix_tuning_runs(model_type):
+            pytest.skip(f"peft cannot feed prefixes to {model_type} under this transformers "
+                        "(5.25 renamed past_key_values to cache)")
+    return skip_unless
+
+
+@pytest.fixture(scope="session")
 def baseline_space() -> dict[str, Any]:
     return dict(BASELINE_SPACE)
 

@@ -160,12 +160,10 @@ def lm_baseline(
 
 
 @pytest.mark.parametrize("case", list(FAMILY_CASES))
-def test_every_family_on_a_causal_llama(case: str, lm_baseline: Any) -> None:
-    from paretune.spaces._layout import prefix_tuning_runs
-
-    if case == "prefix" and not prefix_tuning_runs("llama"):
-        pytest.skip("peft cannot feed prefixes to llama under this transformers (5.25 renamed "
-                    "past_key_values to cache)")
+def test_every_family_on_a_causal_llama(case: str, lm_baseline: Any,
+                                        needs_prefix_tuning: Any) -> None:
+    if case == "prefix":
+        needs_prefix_tuning("llama")
     raw, base = lm_baseline
     assert base.state == "complete", base.error
     params, check = FAMILY_CASES[case]

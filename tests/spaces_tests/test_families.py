@@ -13,8 +13,6 @@ from paretune.search import parse_config
 from paretune.trial import TrialSpec, build, run_trial, write_artifact
 
 ARCHS = ("bert", "llama")
-PROMPTS_SKIP = "peft cannot feed prefixes to {} under this transformers (5.25 renamed " \
-    "past_key_values to cache): prompt methods are left out of its space"
 BASE = {
     "train.lr": 3e-3, "train.epochs": 1, "train.batch_size": 16, "train.weight_decay": 0.0,
     "peft.method": "none",
@@ -75,14 +73,12 @@ PEFT_CASES = {
 @pytest.mark.parametrize("method", list(PEFT_CASES))
 def test_peft_trains_what_peft_counts_and_ships_loadable(
     arch: str, method: str, family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, needs_prefix_tuning: Any,
 ) -> None:
     import peft
 
-    from paretune.spaces._layout import prefix_tuning_runs
-
-    if method in ("prefix", "ptuning") and not prefix_tuning_runs(arch):
-        pytest.skip(PROMPTS_SKIP.format(arch))
+    if method in ("prefix", "ptuning"):
+        needs_prefix_tuning(arch)
 
     counted: list[int] = []
     real = peft.get_peft_model

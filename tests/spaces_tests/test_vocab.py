@@ -192,15 +192,13 @@ COMPOSED = {  # vocab.keep: task together with another family
 
 @pytest.mark.parametrize("other", list(COMPOSED))
 def test_trimming_composes_with_every_family(
-    other: str, models: dict[str, str], tiny_csv: str, tmp_path: Path
+    other: str, models: dict[str, str], tiny_csv: str, tmp_path: Path,
+    needs_prefix_tuning: Any,
 ) -> None:
     """The artifact, in whatever format the other family needs, is the trimmed model with
     its trimmed tokenizer, and its runtime computes what the trial measured."""
-    from paretune.spaces._layout import prefix_tuning_runs
-
-    if other == "prefix" and not prefix_tuning_runs("bert"):
-        pytest.skip("peft cannot feed prefixes to bert under this transformers (5.25 renamed "
-                    "past_key_values to cache)")
+    if other == "prefix":
+        needs_prefix_tuning("bert")
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
