@@ -19,6 +19,7 @@ within +/-10% with the lock) and their median against ``alone``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,6 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
            lock: bool, start: Any, measured: Any, counts: Any, out: Any) -> None:
     """Train without pause; time the eval batch ``args.rounds`` times, spread over the run;
     stop once every process has timed all its rounds."""
-    import contextlib
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -82,6 +83,7 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
     timing_lock = devicelock.exclusive if lock else (lambda d: contextlib.nullcontext())
     times: list[float] = []
     overlap = 0  # training steps the other processes finished while this one timed
+    cpus: list[int] = []
     start.wait()  # every process loaded: all train from here on
     steps, next_round = 0, args.warm_steps + rank * args.stagger
     began = time.perf_counter()
@@ -103,6 +105,7 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
             # the same lock time_model takes, held here to count the neighbours' steps
             # that end while this process times
             with timing_lock(device):
+                cpus.append(_cpu())
                 before = sum(counts[:]) - steps
                 times += time_model(model, timed, device, warmup=args.warmup,
                                     repeats=args.repeats, exclusive=False)
@@ -116,8 +119,38 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
             break
     out.put({"rank": rank, "median_ms": 1000 * statistics.median(times),
              "min_ms": 1000 * min(times), "max_ms": 1000 * max(times), "steps": steps,
-             "overlap": overlap,
+             "overlap": overlap, "cpus": cpus,
              "seconds": round(time.perf_counter() - began, 1)})
+
+
+@contextlib.contextmanager
+def _mps(args: argparse.Namespace, *, packed: bool) -> Iterator[bool]:
+    """CUDA MPS for the copies as the multiprocess launcher decides it (``--mps``, the
+    launcher's ``launcher.mps``: ``auto`` uses it when copies share the GPU); its pipe
+    directory goes into the environment the spawned copies inherit."""
+    from paretune.launchers._mps import LocalMps
+
+    mps = LocalMps(args.mps, packed=packed, gpus=args.device.startswith("cuda"),
+                   log=lambda line: print(line, flush=True))
+    saved = {k: os.environ.get(k) for k in mps.env}
+    os.environ.update(mps.env)
+    try:
+        yield bool(mps.env)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mps.close()
+
+
+def _cpu() -> int:
+    """The CPU this thread last ran on (Linux), -1 where unknown."""
+    try:
+        return int(Path("/proc/thread-self/stat").read_text().rsplit(")", 1)[1].split()[36])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
@@ -132,11 +165,12 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
                                               measured, counts, out))
              for r in range(n)]
     began = time.perf_counter()
-    for p in procs:
-        p.start()
-    rows = [out.get(timeout=args.timeout) for _ in procs]
-    for p in procs:
-        p.join()
+    with _mps(args, packed=n > 1) as mps:
+        for p in procs:
+            p.start()
+        rows = [out.get(timeout=args.timeout) for _ in procs]
+        for p in procs:
+            p.join()
     medians = [r["median_ms"] for r in sorted(rows, key=lambda r: r["rank"])]
     center = statistics.median(medians)
     return {
@@ -147,6 +181,10 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
         "steps": [r["steps"] for r in sorted(rows, key=lambda r: r["rank"])],
         # neighbours' training steps that ended while a copy was timing (0 with the lock)
         "steps_during_timings": sum(r["overlap"] for r in rows),
+        "mps": mps,
+        # the CPU each copy's main thread was on at its timings: a slow copy on a busy or
+        # far CPU shows here
+        "cpus": [r["cpus"] for r in sorted(rows, key=lambda r: r["rank"])],
         "wall_s": round(time.perf_counter() - began, 1),
     }
 
@@ -175,6 +213,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default: cores / processes, as the "
                              "multiprocess launcher gives its workers)")
+    parser.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
+                        help="CUDA MPS for the copies, as launcher.mps: auto uses it when "
+                             "several copies share the GPU, as packed trials do")
     parser.add_argument("--timeout", type=float, default=420.0)
     parser.add_argument("--quick", action="store_true",
                         help="tiny model, 4 processes, short rounds: a CPU plumbing check")
