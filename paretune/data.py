@@ -196,6 +196,19 @@ def _read_json(path: Path, where: str) -> list[dict[str, Any]]:
                     "give an array of objects, one per row."
                 )
         return list(items)
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None  # JSON Lines: one object per line, read below
+    if isinstance(whole, dict) and any(isinstance(v, (dict, list)) for v in whole.values()):
+        keys = ", ".join(repr(k) for k in list(whole)[:5]) + (", ..." if len(whole) > 5 else "")
+        raise ConfigError(
+            f"{where} holds a single JSON object (keys {keys}) of lists or objects: columns "
+            "or a wrapper, not rows; give one object per row, in an array or one per line "
+            "(pandas: df.to_json(path, orient='records', lines=True))."
+        )
+    if isinstance(whole, dict):  # one row, pretty-printed over several lines
+        return [whole]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -46,6 +46,11 @@ def write_jsonl(path: Path, items: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+def write_json(path: Path, value: Any) -> str:
+    path.write_text(json.dumps(value, indent=2))
+    return str(path)
+
+
 def run_cli(raw: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """``paretune run`` that must fail: one line on stderr, exit 2, no storage written."""
     config = tmp_path / "study.yaml"
@@ -79,6 +84,15 @@ MISTAKES = [
      ["task.text_column 'text'", "eval file task.eval_split", "eval.csv", "['body', 'label']"]),
     ("malformed JSONL line", lambda r, d: r["task"].update(dataset=str(d / "bad.jsonl")),
      ["task.dataset", "bad.jsonl", "line 3 is not valid JSON"]),
+    ("JSON object of columns (pandas' to_json default)", lambda r, d: r["task"].update(
+        dataset=write_json(d / "columns.json", {
+            col: {str(i): x[col] for i, x in enumerate(rows(40))} for col in ("text", "label")
+        })),
+     ["task.dataset", "columns.json", "single JSON object (keys 'text', 'label')",
+      "not rows", "orient='records'"]),
+    ("JSON object wrapping the rows", lambda r, d: r["task"].update(
+        dataset=write_json(d / "wrapped.json", {"data": rows(40)})),
+     ["task.dataset", "wrapped.json", "single JSON object (keys 'data')", "not rows"]),
     ("CSV row with an unquoted comma", lambda r, d: r["task"].update(dataset=str(d / "comma.csv")),
      ["task.dataset", "comma.csv", "line 4 has 3 fields, but the header has 2"]),
     (".cvs typo", lambda r, d: r["task"].update(dataset=str(d / "data.cvs")),
