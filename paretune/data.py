@@ -12,6 +12,7 @@ import csv
 import difflib
 import hashlib
 import importlib.metadata
+import io
 import json
 import logging
 import math
@@ -156,9 +157,23 @@ def _pydoc() -> list[dict[str, str]]:
     ]
 
 
+def _read_text(path: Path, where: str) -> str:
+    """The file as UTF-8 text, without the byte-order mark Excel's "CSV UTF-8" writes (it is
+    not part of the first column name). Other encodings are refused: decoding them as UTF-8
+    would train on replacement characters where their accented letters were."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where} is not UTF-8: line {line} holds the byte 0x{raw[exc.start]:02x}; save it "
+            "as UTF-8 (Excel: \"CSV UTF-8\"; Python: encoding='utf-8')."
+        ) from None
+
+
 def _read_csv(path: Path, where: str) -> list[dict[str, Any]]:
-    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column name
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+    with io.StringIO(_read_text(path, where), newline="") as fh:
         reader = csv.reader(fh)
         rows: list[dict[str, Any]] = []
         try:
@@ -181,7 +196,7 @@ def _read_csv(path: Path, where: str) -> list[dict[str, Any]]:
 
 def _read_json(path: Path, where: str) -> list[dict[str, Any]]:
     """JSON Lines (one object per line); a ``.json`` file may instead hold one array."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = _read_text(path, where)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)

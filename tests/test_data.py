@@ -95,6 +95,10 @@ MISTAKES = [
      ["task.dataset", "wrapped.json", "single JSON object (keys 'data')", "not rows"]),
     ("CSV row with an unquoted comma", lambda r, d: r["task"].update(dataset=str(d / "comma.csv")),
      ["task.dataset", "comma.csv", "line 4 has 3 fields, but the header has 2"]),
+    ("CSV in Windows-1252 (Excel's plain CSV)", lambda r, d: r["task"].update(
+        dataset=write_csv(d / "excel.csv", [*rows(30), {"text": "café loan", "label": "money"}],
+                          encoding="cp1252")),
+     ["task.dataset", "excel.csv", "is not UTF-8", "line 32", "0xe9", "CSV UTF-8"]),
     (".cvs typo", lambda r, d: r["task"].update(dataset=str(d / "data.cvs")),
      ["task.dataset", "data.cvs", "does not exist", "Did you mean", "data.csv"]),
     ("local path without a suffix", lambda r, d: r["task"].update(dataset=str(d / "data")),
