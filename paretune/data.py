@@ -121,7 +121,8 @@ def _check_file(value: str, path: Path, key: str) -> None:
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise ConfigError(
             f"{key} {value!r} must end in one of {suffixes}, but ends in "
-            f"{path.suffix or 'no suffix'}; rename it to the format it holds."
+            f"{path.suffix or 'no suffix'}; rename it if it holds one of these formats, or save "
+            "it as one (tab- or semicolon-separated text as a comma-separated .csv)."
         )
 
 
@@ -330,9 +331,13 @@ def _require_columns(rows: list[dict[str, Any]], columns: Mapping[str, str], whe
         present.update(row)
     for key, col in columns.items():
         if col not in present:
+            # a tab- or semicolon-separated file read as CSV has one column: its whole header
+            sep = next((s for s in "\t;|" for name in present if s in name), None)
+            hint = (f" The header is split by {sep!r}, not commas: save the file "
+                    "comma-separated." if sep and len(present) == 1 else "")
             raise ConfigError(
                 f"task.{key} {col!r} is not a column of {where}; its columns are "
-                f"{sorted(present)}."
+                f"{sorted(present)}.{hint}"
             )
 
 

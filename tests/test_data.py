@@ -46,6 +46,11 @@ def write_jsonl(path: Path, items: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+def write_text(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
 def write_json(path: Path, value: Any) -> str:
     path.write_text(json.dumps(value, indent=2))
     return str(path)
@@ -99,6 +104,14 @@ MISTAKES = [
         dataset=write_csv(d / "excel.csv", [*rows(30), {"text": "café loan", "label": "money"}],
                           encoding="cp1252")),
      ["task.dataset", "excel.csv", "is not UTF-8", "line 32", "0xe9", "CSV UTF-8"]),
+    ("tab-separated file named .csv", lambda r, d: r["task"].update(
+        dataset=write_text(d / "tabs.csv", "text\tlabel\n" + "".join(
+            f"{x['text']}\t{x['label']}\n" for x in rows(30)))),
+     ["task.text_column 'text'", "tabs.csv", "['text\\tlabel']", "split by '\\t'",
+      "save the file comma-separated"]),
+    ("tab-separated .tsv", lambda r, d: r["task"].update(
+        dataset=write_text(d / "data.tsv", "text\tlabel\ngoal\tsport\n")),
+     ["task.dataset", "data.tsv", "ends in .tsv", "as a comma-separated .csv"]),
     (".cvs typo", lambda r, d: r["task"].update(dataset=str(d / "data.cvs")),
      ["task.dataset", "data.cvs", "does not exist", "Did you mean", "data.csv"]),
     ("local path without a suffix", lambda r, d: r["task"].update(dataset=str(d / "data")),
