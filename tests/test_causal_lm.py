@@ -93,6 +93,21 @@ def test_prompt_response_columns(raw_config: dict[str, Any], tiny_llama: str,
         parse_config(raw)
 
 
+def test_gpt2_lm_head_model_ships_and_loads_as_a_causal_lm(
+    raw_config: dict[str, Any], topic_texts: list[str], tmp_path: Path
+) -> None:
+    """GPT-2's LM class is ``GPT2LMHeadModel``, not ``...ForCausalLM``: its saved artifact
+    (fp32, transformers) was loaded back as a sequence classifier, and every such trial
+    failed measuring perplexity (its logits have one row per text, not per token)."""
+    from paretune.models import make_tiny
+
+    gpt2 = make_tiny(tmp_path / "gpt2", "gpt2", topic_texts)
+    result = _run(_lm_config(raw_config, gpt2), **{"train.epochs": 1, "quant.format": "fp32"})
+    assert result.state == "complete", result.error
+    assert result.notes["saved_format"] == "transformers"
+    assert result.metrics["perplexity"] > 1.0
+
+
 def test_decoder_model_as_classifier(raw_config: dict[str, Any], tiny_llama: str) -> None:
     raw_config["model"]["name"] = tiny_llama
     result = _run(raw_config)

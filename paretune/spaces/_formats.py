@@ -40,8 +40,14 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def _auto(config: dict[str, Any]) -> str:
+    """The Auto class of a saved model: a causal LM where transformers maps its class to
+    one (GPT-2's ``GPT2LMHeadModel`` as well as every ``...ForCausalLM``), else a classifier."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     arch = (config.get("architectures") or [""])[0]
-    return _CAUSAL if arch.endswith("ForCausalLM") else _CLASSIFY
+    causal = {name for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+              for name in ([names] if isinstance(names, str) else names)}
+    return _CAUSAL if arch.endswith("ForCausalLM") or arch in causal else _CLASSIFY
 
 
 def _quant_method(path: Path) -> str | None:
