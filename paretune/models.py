@@ -66,6 +66,24 @@ def check_model_name(name: str) -> None:
             f"model.name {name!r} is a local path that does not exist; give a directory "
             f"saved with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
         )
+    elif _looks_local(name) and _lacks_tokenizer(Path(name).expanduser()):
+        raise ConfigError(
+            f"model.name {name!r} holds a model but no tokenizer files (tokenizer.json, "
+            "tokenizer_config.json, a vocabulary); save the tokenizer into it too: "
+            "tokenizer.save_pretrained(DIR)."
+        )
+
+
+# files a saved tokenizer writes: without any, transformers 5 builds an empty tokenizer of
+# the model's type (BERT's: 5 special tokens, every word [UNK]) and every trial trains on it
+_TOKENIZER_FILES = ("tokenizer*.json", "vocab*", "merges.txt", "*.model", "*.spm")
+
+
+def _lacks_tokenizer(path: Path) -> bool:
+    """A model directory (it has config.json) with no tokenizer file at all."""
+    return (path / "config.json").is_file() and not any(
+        next(path.glob(pattern), None) for pattern in _TOKENIZER_FILES
+    )
 
 
 def resolve(name: str) -> str:

@@ -36,11 +36,26 @@ def _file_in_the_way(raw: dict[str, Any]) -> None:
     raw["study"]["cache_dir"] = str(blocker / "cache")
 
 
+def _model_without_tokenizer(raw: dict[str, Any]) -> None:
+    """The model's files alone, as ``model.save_pretrained`` writes them (was: a study on an
+    empty 5-token tokenizer that reads every word as [UNK])."""
+    import shutil
+
+    source = Path(raw["model"]["name"])
+    target = Path(raw["study"]["cache_dir"]).parent / "model-only"
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(source / name, target / name)
+    raw["model"]["name"] = str(target)
+
+
 LATE_CHECKS: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] = [
     ("max_length zero", lambda r: r["model"].update(max_length=0),
      ["model.max_length must be a positive integer", "0"]),
     ("max_length over the model's positions", lambda r: r["model"].update(max_length=4096),
      ["`model.max_length <= 512` must hold", "4096"]),
+    ("model directory without its tokenizer", _model_without_tokenizer,
+     ["model-only", "holds a model but no tokenizer files", "tokenizer.save_pretrained"]),
     ("measure repeats", lambda r: r["measure"].update(latency_repeats=0),
      ["measure.latency_repeats must be a positive integer", "0"]),
     ("measure batch size", lambda r: r["measure"].update(latency_batch_size="big"),
