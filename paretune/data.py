@@ -74,9 +74,23 @@ class TokenizedSplit:
     input_ids: Any  # LongTensor [n, max_length], right-padded
     attention_mask: Any
     labels: Any
+    # a causal LM's mean loss per token of this split, times loss_scale, is its loss per
+    # token of the base model's tokenizer on the same text (see scored_text): 1 unless the
+    # split was tokenized again with a trimmed vocabulary, whose tokens are other pieces
+    loss_scale: float = 1.0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def scored_text(split: TokenizedSplit, tokenizer: Any) -> tuple[int, int]:
+    """(tokens, UTF-8 bytes) of the text a causal LM's split scores: the next-token targets
+    that carry a loss, decoded by the ``tokenizer`` that made them."""
+    targets = split.labels[:, 1:]
+    keep = targets != -100
+    nbytes = sum(len(tokenizer.decode(row[mask].tolist()).encode())
+                 for row, mask in zip(targets, keep))
+    return int(keep.sum()), nbytes
 
 
 def looks_local(value: str) -> bool:

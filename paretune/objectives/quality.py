@@ -56,7 +56,8 @@ def macro_f1(outcome: Outcome) -> float:
 
 
 def _eval_loss(outcome: Outcome) -> float:
-    """Mean next-token cross-entropy over the held-out tokens that carry a label."""
+    """Mean next-token cross-entropy over the held-out tokens that carry a label, per token
+    of the base model's tokenizer (``TokenizedSplit.loss_scale``)."""
     if "eval_loss" not in outcome.cache:
         import torch
         import torch.nn.functional as F
@@ -75,13 +76,16 @@ def _eval_loss(outcome: Outcome) -> float:
                         ignore_index=-100, reduction="sum",
                     ))
                 count += int((target != -100).sum())
-        outcome.cache["eval_loss"] = total / max(1, count)
+        # per token of the base tokenizer, whatever vocabulary the model ships with
+        outcome.cache["eval_loss"] = total / max(1, count) * getattr(data, "loss_scale", 1.0)
     return float(outcome.cache["eval_loss"])
 
 
 @register_objective("eval_loss", "minimize", tasks=("causal_lm",))
 def eval_loss(outcome: Outcome) -> float:
-    """Mean next-token cross-entropy (nats) on the held-out split, response tokens only."""
+    """Mean next-token cross-entropy (nats) on the held-out split, response tokens only, per
+    token of the base model's tokenizer (a trimmed vocabulary's pieces are not counted as
+    tokens of their own: it is scored on the same text)."""
     return _eval_loss(outcome)
 
 

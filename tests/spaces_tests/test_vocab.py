@@ -144,6 +144,41 @@ def test_training_texts_keep_their_tokens_and_others_fall_back(
         assert ctx.tokenizer.decode(ids) == text
 
 
+def test_a_trimmed_lm_is_scored_per_token_of_the_base_tokenizer(
+    models: dict[str, str], tmp_path: Path
+) -> None:
+    """Eval words the training split never shows fall back to more, smaller pieces under a
+    trimmed vocabulary; its eval_loss is still the model's NLL of the same text divided by
+    the base tokenizer's count of it, not by its own larger count (which would make every
+    trimmed model look better than it is)."""
+    import torch.nn.functional as F
+
+    from paretune import objectives
+    from paretune.objectives.quality import _eval_loss
+
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("text\n" + "the goal of the match\n" * 40)
+    test.write_text("text\n" + "".join(f"{w} of the {v}\n" for w, v in zip(OTHER, OTHER[1:])))
+    raw = {"study": {"cache_dir": str(tmp_path / "cache")},
+           "model": {"name": models["llama-bpe"], "max_length": 64},
+           "task": {"dataset": str(train), "eval_split": str(test), "type": "causal_lm"}}
+    ctx_in = parse_config(raw).context()
+    _, whole = build(TrialSpec(0, {**BASE, "train.epochs": 0, "vocab.keep": "all"}, ctx_in))
+    model, ctx = build(TrialSpec(0, {**BASE, "train.epochs": 0, "vocab.keep": "task"}, ctx_in))
+    scored = lambda split: int((split.labels[:, 1:] != -100).sum())  # noqa: E731
+    assert scored(ctx.eval_data) > scored(whole.eval_data)  # more pieces, same text
+    data = ctx.eval_data
+    with torch.no_grad():
+        logits = model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
+    nll = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                data.labels[:, 1:].reshape(-1), ignore_index=-100,
+                                reduction="sum"))
+    outcome = objectives.Outcome(model=model, eval_data=data, artifact_dir="", device="cpu",
+                                 task_type="causal_lm", stats={}, measure={}, cache={})
+    assert _eval_loss(outcome) == pytest.approx(nll / scored(whole.eval_data), rel=1e-4)
+    assert whole.eval_data.loss_scale == 1.0
+
+
 def test_task_plus_2k_keeps_the_lowest_ids_but_not_placeholders(tmp_path: Path) -> None:
     from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
