@@ -285,6 +285,9 @@ _RECOVER_LR = Switch("peft.method", {**_FRESH_LR, "none": Float(1e-4, 5e-4, log=
                      default=Float(5e-4, 2e-3, log=True))
 _FRESH_EPOCHS = Switch("peft.method", {"none": Int(3, 6), "head": Int(5, 10)},
                        default=Int(4, 8))
+# from the reference, 0 epochs compresses it as it is; an adapter trains at least 1 (an
+# untrained one changes nothing but the bytes: LoRA's B is 0, IA3's scales are 1)
+_RECOVER_EPOCHS = Switch("peft.method", {"none": Int(0, 3)}, default=Int(1, 3))
 _LR = Switch("train.init", {"finetuned": _RECOVER_LR},
              default=Switch("peft.method", _FRESH_LR, default=Float(1e-4, 1e-3, log=True)))
 
@@ -295,7 +298,7 @@ register_family(
     stage=Stage.TRAIN,
     knobs={
         "init": Choice(*INITS),
-        "epochs": Switch("train.init", {"finetuned": Int(0, 3)}, default=_FRESH_EPOCHS),
+        "epochs": Switch("train.init", {"finetuned": _RECOVER_EPOCHS}, default=_FRESH_EPOCHS),
         "lr": _LR,
         "batch_size": Choice(16, 32),
         "weight_decay": Choice(0.01),

@@ -196,3 +196,6 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     # nothing trains at 0 epochs: no rate or batch size is drawn to tell such points apart
     assert not [p for p in untrained if {"train.lr", "train.batch_size"} & set(p)]
     assert all({"train.lr", "train.batch_size"} <= set(p) for p in trained)
+    # nor an adapter: untrained, it would change nothing but the bytes
+    assert {p["peft.method"] for p in untrained} == {"none"}
+    assert {p["peft.method"] for p in trained} - {"none"}
