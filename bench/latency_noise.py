@@ -128,20 +128,15 @@ def _mps(args: argparse.Namespace, *, packed: bool) -> Iterator[bool]:
     """CUDA MPS for the copies as the multiprocess launcher decides it (``--mps``, the
     launcher's ``launcher.mps``: ``auto`` uses it when copies share the GPU); its pipe
     directory goes into the environment the spawned copies inherit."""
+    from paretune.launchers._base import environ
     from paretune.launchers._mps import LocalMps
 
     mps = LocalMps(args.mps, packed=packed, gpus=args.device.startswith("cuda"),
                    log=lambda line: print(line, flush=True))
-    saved = {k: os.environ.get(k) for k in mps.env}
-    os.environ.update(mps.env)
     try:
-        yield bool(mps.env)
+        with environ(mps.env):
+            yield bool(mps.env)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         mps.close()
 
 

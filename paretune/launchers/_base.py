@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from paretune.trial import TrialResult, TrialSpec
 
-__all__ = ["BaseLauncher", "TrialFn", "cancelled", "worker_lost"]
+__all__ = ["BaseLauncher", "TrialFn", "cancelled", "environ", "worker_lost"]
 
 TrialFn = Callable[[TrialSpec], TrialResult]
 
@@ -63,3 +65,19 @@ def worker_lost(number: int, why: str, start: float, retries: int = 0) -> TrialR
         number, "fail", duration_s=time.perf_counter() - start,
         error=f"worker lost: the process running this trial died{after}: {why}",
     )
+
+
+@contextlib.contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process's environment meanwhile (a child process started inside
+    begins with it), then each variable as it was."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

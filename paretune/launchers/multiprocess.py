@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from paretune.launchers._base import BaseLauncher, TrialFn, cancelled, worker_lost
+from paretune.launchers._base import BaseLauncher, TrialFn, cancelled, environ, worker_lost
 from paretune.launchers._mps import LocalMps
 from paretune.progress import emit
 from paretune.trial import TrialResult, TrialSpec
@@ -122,16 +122,8 @@ class MultiprocessLauncher(BaseLauncher):
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_worker_main, args=(child, env), daemon=True,
                                  name=f"paretune-worker-gpu{gpu}" if gpu else "paretune-worker")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the child's interpreter starts with them already set
-        try:
+        with environ(env):  # the child's interpreter starts with them already set
             proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         child.close()
         return _Worker(proc, parent, gpu)
 
