@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     mat.add_argument("recipe", help="recipe written by paretune export")
     mat.add_argument("-o", "--output", required=True, help="new or empty directory")
     mat.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
-    mat.add_argument("--cache-dir", help="paretune cache (default ~/.cache/paretune)")
+    mat.add_argument("--cache-dir", help="paretune cache (default: the study's cache_dir where it "
+                     "exists here, else ~/.cache/paretune)")
     mat.add_argument("-q", "--quiet", action="store_true", help="no training progress")
 
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")

@@ -139,6 +139,9 @@ def make_recipe(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         "task": _absolute(context["task"], "dataset", "eval_split"),
         "measure": context["measure"],
         "seed": context["seed"],
+        # where the study cached its reference and data: a replay on the same machine
+        # reuses them instead of fine-tuning the reference again
+        "cache_dir": context.get("cache_dir"),
         "params": dict(trial.user_attrs.get("params", trial.params)),
         "objectives": study.user_attrs.get("paretune.objectives", {}),
         "metrics": {k: v for k, v in trial.user_attrs.items() if k in names},
@@ -180,6 +183,9 @@ def recipe_spec(
         raise ConfigError(
             f"recipe is missing {', '.join(missing)}; export it with paretune export."
         )
+    studied = recipe.get("cache_dir")  # the study's, used where it exists on this machine
+    if cache_dir is None and isinstance(studied, str) and Path(studied).is_dir():
+        cache_dir = studied
     context = {
         "model": recipe["model"], "task": recipe["task"], "measure": recipe.get("measure", {}),
         "seed": recipe["seed"], "device": device,

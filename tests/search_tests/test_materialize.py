@@ -162,3 +162,19 @@ def test_materialized_model_card_loads_as_written_without_paretune(
     for path in out.rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & stat.S_IROTH, path  # not private: rw-r--r--
+
+
+def test_a_recipe_replays_on_its_study_cache_where_it_exists(
+    small_study: Any, tmp_path: Path
+) -> None:
+    """A from-reference recipe replayed or materialized on the study's machine finds the
+    reference the study trained in its cache_dir instead of fine-tuning it again."""
+    from paretune.search._recipe import recipe_spec
+
+    recipe = _export_front(small_study, tmp_path / "front")[0]
+    cache = small_study.raw["study"]["cache_dir"]
+    assert recipe["cache_dir"] == str(Path(cache).expanduser()) and Path(cache).is_dir()
+    assert recipe_spec(recipe).context["cache_dir"] == recipe["cache_dir"]
+    assert recipe_spec(recipe, cache_dir=str(tmp_path)).context["cache_dir"] == str(tmp_path)
+    moved = {**recipe, "cache_dir": str(tmp_path / "not-here")}  # another machine's path
+    assert recipe_spec(moved).context["cache_dir"] == str(Path("~/.cache/paretune").expanduser())
