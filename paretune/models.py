@@ -166,10 +166,11 @@ def space_info(name: str, task_type: str, device: str, objectives: Iterable[str]
             f"with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
         ) from None
     return _layout.space_info(config, task_type, study_device(device), tuple(objectives),
-                              measure_device=measure_device, tokenizer=_tokenizer_kind(path))
+                              measure_device=measure_device,
+                              tokenizer=_tokenizer_kind(path, int(config.vocab_size)))
 
 
-def _tokenizer_kind(path: str) -> str:
+def _tokenizer_kind(path: str, vocab_size: int) -> str:
     """``SpaceInfo.tokenizer`` of the model at ``path`` (its tokenizer files only), or ""
     where the tokenizer cannot be read here (the trial loads it, and says why if it fails)."""
     from transformers import AutoTokenizer
@@ -180,7 +181,7 @@ def _tokenizer_kind(path: str) -> str:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=os.path.isdir(path))
     except Exception:
         return ""
-    return _layout.tokenizer_kind(tokenizer)
+    return _layout.tokenizer_kind(tokenizer, vocab_size)
 
 
 def load_artifact(directory: str | os.PathLike[str], device: str = "cpu") -> Any:

@@ -131,7 +131,8 @@ def build(
     objectives = tuple(ctx_in.get("objectives", ()))
     info = _layout.space_info(base.config, task["type"], models.study_device(device), objectives,
                               measure_device=serve_device(ctx_in, device).split(":")[0],
-                              tokenizer=_layout.tokenizer_kind(tokenizer))
+                              tokenizer=_layout.tokenizer_kind(tokenizer,
+                                                               int(base.config.vocab_size)))
     active = [f for f in spaces.families() if f.is_active(spec.params)]
     for family in active:  # a guard: the study's space never offers what fails here
         if family.check is not None:

@@ -170,15 +170,21 @@ def head_modules(model: Any) -> list[str]:
     ]
 
 
-def tokenizer_kind(tokenizer: Any) -> str:
+def tokenizer_kind(tokenizer: Any, vocab_size: int | None = None) -> str:
     """``SpaceInfo.tokenizer``: the model of a fast tokenizer's backend, lower-case
-    (``wordpiece``, ``bpe``, ``unigram``, ``wordlevel``), or ``slow`` without one."""
+    (``wordpiece``, ``bpe``, ``unigram``, ``wordlevel``), or ``slow`` without one; said with
+    its id count where it has more ids than the model's ``vocab_size`` embedding rows (a
+    token added to the tokenizer alone: trimming keeps every special token, so it could
+    not)."""
     import json
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return "slow"
-    return str(json.loads(backend.to_str())["model"]["type"]).lower()
+    kind = str(json.loads(backend.to_str())["model"]["type"]).lower()
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        return f"{kind} with {len(tokenizer)} ids for {vocab_size} embedding rows"
+    return kind
 
 
 def space_info(config: Any, task_type: str, device: str, objectives: tuple[str, ...],

@@ -70,7 +70,7 @@ class VocabConfig(FamilyConfig):
 def shape(info: SpaceInfo) -> dict[str, Any] | str:
     if info.tokenizer not in TRIMMABLE:
         return (f"its tokenizer ({info.tokenizer or 'unreadable'}) is not a fast WordPiece "
-                "or BPE tokenizer")
+                "or BPE tokenizer whose ids all have an embedding row")
     return {}
 
 

@@ -204,6 +204,13 @@ def test_the_family_leaves_tokenizers_it_cannot_trim(tmp_path: Path) -> None:
 
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
     assert _layout.tokenizer_kind(BertTokenizerFast(str(tmp_path / "vocab.txt"))) == "wordpiece"
+    # a token added to the tokenizer and not the model (Gemma's tokenizer adds <mask>)
+    ids = len(BertTokenizerFast(str(tmp_path / "vocab.txt")))
+    more = _layout.tokenizer_kind(BertTokenizerFast(str(tmp_path / "vocab.txt")), ids - 1)
+    assert more == f"wordpiece with {ids} ids for {ids - 1} embedding rows"
+    assert more in vocab.shape(SpaceInfo("bert", 2, 4, 4, 32, 64, ids - 1, tokenizer=more))
+    assert _layout.tokenizer_kind(BertTokenizerFast(str(tmp_path / "vocab.txt")), ids) == \
+        "wordpiece"
     info = SpaceInfo("t5", 2, 4, 4, 32, 64, 100, tokenizer="unigram")
     assert isinstance(vocab.shape(info), str)
     assert vocab.shape(SpaceInfo("bert", 2, 4, 4, 32, 64, 100, tokenizer="bpe")) == {}
