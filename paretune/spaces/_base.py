@@ -302,11 +302,11 @@ class TrialContext:
 def _loss_scale(base: Any, base_tokenizer: Any, split: Any, tokenizer: Any) -> float:
     """What turns a causal LM's loss per token of ``split`` into its loss per token of the
     ``base`` tokenization, so that perplexities compare across vocabularies. A trimmed
-    vocabulary splits the words it dropped into more, easier pieces, and its
-    ``max_length`` tokens then cover less text: per token, such a model would look better
-    than it is. Its loss per byte of the text it scores, times the base tokenizer's bytes
-    per token on the same split, is its loss per base token (the same as before where
-    nothing changed)."""
+    vocabulary splits the words it dropped into more pieces, and its ``max_length`` tokens
+    then cover less text: per token of its own, such a model looked better than it is
+    (SmolLM2-135M: 78 against 161 per base token). Its loss per byte of the text it
+    scores, times the base tokenizer's bytes per token on the same split, is its loss per
+    base token (the same as before where nothing changed)."""
     from paretune.data import scored_text
 
     tokens, nbytes = scored_text(split, tokenizer)
