@@ -58,10 +58,12 @@ def shape(info: SpaceInfo) -> dict[str, Any] | str:
     """From a sixth of the model's layers (at least 1) to all of them; all of them when the
     trial does not train (``train.epochs`` 0: the reference compressed as it is), since a
     model cut by layers and not trained again scored 0.70 or less, often at chance
-    (bench/RESULTS.md)."""
+    (bench/RESULTS.md). There it is 0 (keep all), so that no ``layer_selection`` is drawn:
+    which layers of all of them are kept changes nothing, and such points, drawn again
+    with another selection, would be the same model under other knobs."""
     if _layout.layout_of(info.model_type) is None:
         return f"paretune does not know where model type {info.model_type!r} keeps its layers"
-    every = Int(info.n_layers, info.n_layers)
+    every = Int(0, 0)
     return {"n_layers": Switch("train.epochs", {0: every},
                                Int(max(1, info.n_layers // 6), info.n_layers))}
 

@@ -35,7 +35,7 @@ def test_a_new_study_starts_with_the_anchors(raw_config: dict[str, Any]) -> None
     study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
     params = [t.user_attrs["params"] for t in sorted(study.trials, key=lambda t: t.number)]
     as_is = {"train.init": "finetuned", "train.epochs": 0, "peft.method": "none",
-             "arch.n_layers": 2, "prune.ratio": 0.0}
+             "arch.n_layers": 0, "prune.ratio": 0.0}  # 0 keeps all layers
     kept = [(p["quant.format"], p["vocab.keep"]) for p in params[:4]]
     assert kept == [("fp32", "all"), ("int8", "all"), ("int4-g32", "task"),
                     ("int4-g128", "task")]
