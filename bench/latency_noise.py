@@ -163,23 +163,23 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
     with _mps(args, packed=n > 1) as mps:
         for p in procs:
             p.start()
-        rows = [out.get(timeout=args.timeout) for _ in procs]
+        rows = sorted((out.get(timeout=args.timeout) for _ in procs), key=lambda r: r["rank"])
         for p in procs:
             p.join()
-    medians = [r["median_ms"] for r in sorted(rows, key=lambda r: r["rank"])]
+    medians = [r["median_ms"] for r in rows]
     center = statistics.median(medians)
     return {
         "mode": mode, "device": args.device,
         "processes": n, "medians_ms": [round(m, 3) for m in medians],
         "max_over_min": round(max(medians) / min(medians), 3),
         "max_deviation": round(max(abs(m - center) / center for m in medians), 3),
-        "steps": [r["steps"] for r in sorted(rows, key=lambda r: r["rank"])],
+        "steps": [r["steps"] for r in rows],
         # neighbours' training steps that ended while a copy was timing (0 with the lock)
         "steps_during_timings": sum(r["overlap"] for r in rows),
         "mps": mps,
         # the CPU each copy's main thread was on at its timings: a slow copy on a busy or
         # far CPU shows here
-        "cpus": [r["cpus"] for r in sorted(rows, key=lambda r: r["rank"])],
+        "cpus": [r["cpus"] for r in rows],
         "wall_s": round(time.perf_counter() - began, 1),
     }
 

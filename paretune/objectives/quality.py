@@ -77,7 +77,7 @@ def _eval_loss(outcome: Outcome) -> float:
                     ))
                 count += int((target != -100).sum())
         # per token of the base tokenizer, whatever vocabulary the model ships with
-        outcome.cache["eval_loss"] = total / max(1, count) * getattr(data, "loss_scale", 1.0)
+        outcome.cache["eval_loss"] = total / max(1, count) * data.loss_scale
     return float(outcome.cache["eval_loss"])
 
 

@@ -295,25 +295,10 @@ class TrialContext:
         self.train_data, self.eval_data = self.tokenize(tokenizer)
         self.tokenizer, self.kept_ids = tokenizer, kept_ids
         if base.labels.dim() == 2:  # a causal LM: its loss per token of the base tokenizer
-            self.eval_data.loss_scale = _loss_scale(base, base_tokenizer, self.eval_data,
-                                                    tokenizer)
+            from paretune.data import loss_scale
 
-
-def _loss_scale(base: Any, base_tokenizer: Any, split: Any, tokenizer: Any) -> float:
-    """What turns a causal LM's loss per token of ``split`` into its loss per token of the
-    ``base`` tokenization, so that perplexities compare across vocabularies. A trimmed
-    vocabulary splits the words it dropped into more pieces, and its ``max_length`` tokens
-    then cover less text: per token of its own, such a model looked better than it is
-    (SmolLM2-135M: 78 against 161 per base token). Its loss per byte of the text it
-    scores, times the base tokenizer's bytes per token on the same split, is its loss per
-    base token (the same as before where nothing changed)."""
-    from paretune.data import scored_text
-
-    tokens, nbytes = scored_text(split, tokenizer)
-    base_tokens, base_bytes = scored_text(base, base_tokenizer)
-    if not (tokens and nbytes and base_tokens):
-        return 1.0
-    return (tokens / nbytes) * (base_bytes / base_tokens)
+            self.eval_data.loss_scale = loss_scale(base, base_tokenizer, self.eval_data,
+                                                   tokenizer)
 
 
 ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config, ctx) -> model
