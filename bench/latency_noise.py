@@ -6,9 +6,11 @@ the latency of the same eval batch several times, as a trial does at its end
 (``paretune.objectives.cost.time_model``: warm-up, synchronised timers, median of the timed
 batches). ``lock``: training steps take the device's lock shared and timings exclusively
 (``paretune.devicelock``, what trials do); ``nolock``: neither, as before; ``alone``: one
-process and no neighbours, the model's own latency. The N medians of a run should agree:
-the report gives each, their max / min, the largest deviation from their median (target:
-within +/-10% with the lock) and their median against ``alone``.
+process and no neighbours, the model's own latency. ``--cuda-graph`` is
+``measure.cuda_graph``: on a GPU, ``on`` times replays of the pass captured as a CUDA graph,
+``off`` each eager pass, Python's launches included. The N medians
+of a run should agree: the report gives each, their max / min, the largest deviation from
+their median (target: within +/-10% with the lock) and their median against ``alone``.
 
     # on a GPU machine (real MiniLM weights from $PARETUNE_DEVICE_MINILM)
     python bench/latency_noise.py --data /path/to/banking77
@@ -49,7 +51,7 @@ def make_model(kind: str, tmp: Path, texts: list[str]) -> str:
 
 
 def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str],
-           lock: bool, start: Any, measured: Any, counts: Any, out: Any) -> None:
+           mode: str, start: Any, measured: Any, counts: Any, out: Any) -> None:
     """Train without pause; time the eval batch ``args.rounds`` times, spread over the run;
     stop once every process has timed all its rounds."""
     import warnings
@@ -79,9 +81,13 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
     pool = tokenizer(texts[:512], padding="max_length", truncation=True,
                      max_length=args.max_length, return_tensors="pt")
     labels = torch.randint(0, 77, (len(pool["input_ids"]),))
+    lock = mode != "nolock"
     step_lock = devicelock.shared if lock else (lambda d: contextlib.nullcontext())
     timing_lock = devicelock.exclusive if lock else (lambda d: contextlib.nullcontext())
     times: list[float] = []
+    rounds: list[float] = []  # the median of each round
+    raw: list[list[float]] = []  # every batch of each round, ms
+    stamps: list[float] = []  # when each round began (epoch seconds)
     overlap = 0  # training steps the other processes finished while this one timed
     cpus: list[int] = []
     start.wait()  # every process loaded: all train from here on
@@ -107,8 +113,15 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
             with timing_lock(device):
                 cpus.append(_cpu())
                 before = sum(counts[:]) - steps
-                times += time_model(model, timed, device, warmup=args.warmup,
-                                    repeats=args.repeats, exclusive=False)
+                stamps.append(round(time.time(), 3))
+                timing = time_model(model, timed, device, warmup=0,
+                                    repeats=args.warmup + args.repeats, exclusive=False,
+                                    cuda_graph=args.cuda_graph == "on")
+                every, how = timing.times, timing.mode
+                raw.append([round(1000 * t, 3) for t in every])  # warm-up batches too
+                batch = every[args.warmup:]
+                times += batch
+                rounds.append(round(1000 * statistics.median(batch), 3))
                 overlap += sum(counts[:]) - steps - before
             model.train()
             next_round += args.round_every
@@ -119,7 +132,8 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
             break
     out.put({"rank": rank, "median_ms": 1000 * statistics.median(times),
              "min_ms": 1000 * min(times), "max_ms": 1000 * max(times), "steps": steps,
-             "overlap": overlap, "cpus": cpus,
+             "overlap": overlap, "cpus": cpus, "rounds_ms": rounds, "timed": how,
+             "raw_ms": raw, "stamps": stamps,
              "seconds": round(time.perf_counter() - began, 1)})
 
 
@@ -151,12 +165,11 @@ def _cpu() -> int:
 def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
         ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    lock = mode == "lock"
     n = 1 if mode == "alone" else args.processes
     start, measured, out = ctx.Barrier(n), ctx.Value("i", 0), ctx.Queue()
     counts = ctx.Array("i", n)
     one = argparse.Namespace(**{**vars(args), "processes": n})
-    procs = [ctx.Process(target=worker, args=(r, one, model_path, texts, lock, start,
+    procs = [ctx.Process(target=worker, args=(r, one, model_path, texts, mode, start,
                                               measured, counts, out))
              for r in range(n)]
     began = time.perf_counter()
@@ -173,6 +186,7 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
         "processes": n, "medians_ms": [round(m, 3) for m in medians],
         "max_over_min": round(max(medians) / min(medians), 3),
         "max_deviation": round(max(abs(m - center) / center for m in medians), 3),
+        "timed": sorted({r["timed"] for r in rows}),  # cuda graph or eager
         "steps": [r["steps"] for r in rows],
         # neighbours' training steps that ended while a copy was timing (0 with the lock)
         "steps_during_timings": sum(r["overlap"] for r in rows),
@@ -180,6 +194,11 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
         # the CPU each copy's main thread was on at its timings: a slow copy on a busy or
         # far CPU shows here
         "cpus": [r["cpus"] for r in rows],
+        "rounds_ms": [r["rounds_ms"] for r in rows],
+        # every batch timed, warm-up first, and when each round began: a slow round shows
+        # whether it was slow throughout or only at its start
+        "raw_ms": [r["raw_ms"] for r in rows],
+        "round_stamps": [r["stamps"] for r in rows],
         "wall_s": round(time.perf_counter() - began, 1),
     }
 
@@ -208,9 +227,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default: cores / processes, as the "
                              "multiprocess launcher gives its workers)")
-    parser.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
-                        help="CUDA MPS for the copies, as launcher.mps: auto uses it when "
-                             "several copies share the GPU, as packed trials do")
+    parser.add_argument("--mps", default="off", choices=("auto", "on", "off"),
+                        help="CUDA MPS for the copies, as launcher.mps (default off, as the "
+                             "launcher's auto leaves it where latency is an objective timed "
+                             "on the GPU; on: the copies share one MPS daemon)")
+    parser.add_argument("--cuda-graph", default="on", choices=("on", "off"),
+                        help="measure.cuda_graph: on a GPU, time replays of the pass captured "
+                             "as a CUDA graph (on) or each eager pass (off)")
     parser.add_argument("--timeout", type=float, default=420.0)
     parser.add_argument("--quick", action="store_true",
                         help="tiny model, 4 processes, short rounds: a CPU plumbing check")
@@ -230,7 +253,7 @@ def main() -> None:
     print(f"{datetime.date.today()}: {args.processes} processes on "
           f"{describe_device(args.device, args.threads if args.device == 'cpu' else None)}"
           f" (per process, {args.threads} CPU threads each); torch {torch.__version__}; "
-          f"model {args.model}", flush=True)
+          f"model {args.model}; CUDA graph {args.cuda_graph}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="paretune-noise-") as tmp, \
             tempfile.TemporaryDirectory(prefix="paretune-locks-") as locks:

@@ -275,6 +275,7 @@ def _run(
             "latency_device": describe_device(device, measure.get("threads")),
             "latency_runtime": fmt.runtime(),
             "latency_lock": "exclusive" if measure.get("exclusive", True) else "off",
+            "latency_mode": outcome.cache.get("latency_mode", "eager"),
             **ctx.notes,
         }
         if keep:  # the tokenizer ships with a kept artifact, but is not counted in size_mb

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from paretune.objectives._registry import Outcome, register_objective
 
@@ -28,13 +28,20 @@ def latency_batch(data: Any, n: int, device: str) -> dict[str, Any]:
             "attention_mask": mask[:, :width].to(device)}
 
 
+class Timing(NamedTuple):
+    times: list[float]  # seconds of each timed pass
+    mode: str  # "cuda graph": replays of the captured pass; "eager": the pass as Python runs it
+
+
 def time_model(model: Any, batch: dict[str, Any], device: str, *, warmup: int = 3,
                repeats: int = 20, threads: int | None = None,
-               exclusive: bool = True) -> list[float]:
+               exclusive: bool = True, cuda_graph: bool = True) -> Timing:
     """Seconds of each of ``repeats`` forward passes of ``batch`` after ``warmup`` untimed
     ones. With ``exclusive`` the device's lock is held throughout (``paretune.devicelock``):
-    no other process of the node runs a step on it meanwhile. CUDA work is synchronised
-    before each timer reads; on the CPU, torch runs with ``threads`` threads."""
+    no other process of the node runs a step on it meanwhile. On the CPU, torch runs with
+    ``threads`` threads. On a GPU with ``cuda_graph`` the pass is captured once as a CUDA
+    graph and its replays are timed (``_graph_times``); without, or where a model cannot be
+    captured, each eager pass is timed from its launch to its synchronised end."""
     import contextlib
     import gc
 
@@ -43,26 +50,65 @@ def time_model(model: Any, batch: dict[str, Any], device: str, *, warmup: int = 
     from paretune import devicelock
 
     cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     before = torch.get_num_threads()
     if threads and not cuda:
         torch.set_num_threads(threads)
     lock = devicelock.exclusive(device) if exclusive else contextlib.nullcontext()
-    times: list[float] = []
     gc.collect()
     gc.disable()  # a collection inside a timed pass is noise, not the model's cost
     try:
         with lock, torch.inference_mode():
-            for _ in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(**batch)
-                sync()
-                times.append(time.perf_counter() - start)
+            times = (_graph_times(model, batch, warmup + repeats)
+                     if cuda and cuda_graph else None)
+            mode = "cuda graph" if times else "eager"
+            if times is None:
+                sync = torch.cuda.synchronize if cuda else (lambda: None)
+                times = []
+                for _ in range(warmup + repeats):
+                    sync()
+                    start = time.perf_counter()
+                    model(**batch)
+                    sync()
+                    times.append(time.perf_counter() - start)
     finally:
         gc.enable()
         torch.set_num_threads(before)
-    return times[warmup:]
+    return Timing(times[warmup:], mode)
+
+
+def _graph_times(model: Any, batch: dict[str, Any], n: int) -> list[float] | None:
+    """The GPU's seconds for each of ``n`` replays of the pass captured as a CUDA graph, as
+    servers that capture their passes run them (TensorRT, vLLM, torch.compile's
+    reduce-overhead): the kernels back to back, timed by CUDA events. The host's Python and
+    per-kernel launches are left out: for a small model they are most of an eager pass's
+    time, and they vary with the host's CPU and its load, not with the model. None where
+    the pass cannot be captured (an operation that waits on the GPU inside it)."""
+    import torch
+
+    try:
+        side = torch.cuda.Stream()  # capture needs its warm-up on a side stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # allocations and kernel choices, before the capture
+                model(**batch)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            model(**batch)
+    except Exception:  # noqa: BLE001 - any capture failure: time the eager pass instead
+        torch.cuda.synchronize()
+        return None
+    times = []
+    for _ in range(n):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    del graph
+    return times
 
 
 def spread(times: list[float]) -> tuple[float, float]:
@@ -78,12 +124,13 @@ def _latency(outcome: Outcome) -> tuple[float, float]:
         m = outcome.measure
         batch = latency_batch(outcome.eval_data, int(m.get("latency_batch_size", 16)),
                               outcome.device)
-        times = time_model(
+        timing = time_model(
             outcome.model, batch, outcome.device, warmup=int(m.get("latency_warmup", 3)),
             repeats=int(m.get("latency_repeats", 20)), threads=m.get("threads"),
-            exclusive=bool(m.get("exclusive", True)),
+            exclusive=bool(m.get("exclusive", True)), cuda_graph=bool(m.get("cuda_graph", True)),
         )
-        outcome.cache["latency"] = spread(times)
+        outcome.cache["latency"] = spread(timing.times)
+        outcome.cache["latency_mode"] = timing.mode
     return outcome.cache["latency"]  # type: ignore[no-any-return]
 
 

@@ -106,6 +106,7 @@ class MeasureSection:
     device: str = "auto"  # where latency is measured and the artifact served: auto | cpu
     threads: int | None = None  # CPU threads while measuring on the CPU (None: torch's)
     exclusive: bool = True  # time while holding the device's lock (devicelock)
+    cuda_graph: bool = True  # on a GPU, time replays of the pass captured as a CUDA graph
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ def _check_measure(measure: MeasureSection) -> None:
     if measure.threads is not None:
         _positive_int("measure.threads", measure.threads)
     _check_type("measure.exclusive", measure.exclusive, bool, "true or false")
+    _check_type("measure.cuda_graph", measure.cuda_graph, bool, "true or false")
 
 
 def _check_heartbeat(study: StudySection) -> None:

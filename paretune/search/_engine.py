@@ -383,6 +383,20 @@ def resolved_device(cfg: Config) -> str:
     return "cuda" if visible_gpus() else "cpu"
 
 
+def launcher_options(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
+    """The launcher's options. ``launcher.mps: auto`` leaves MPS off where latency is an
+    objective timed on the GPU: under MPS the same model timed 1.4x slower than without,
+    and 8 packed copies of it spread +/-10% instead of +/-1% (bench/RESULTS.md)."""
+    options = cfg.launcher.options()
+    timed = {"latency_ms", "latency_ms_iqr"} & set(cfg.study.objectives)
+    if (options.get("mps") == "auto" and timed and cfg.measure.device == "auto"
+            and resolved_device(cfg).startswith("cuda")):
+        options["mps"] = "off"
+        log(f"[paretune] MPS: not used, since {sorted(timed)[0]} is an objective timed on the "
+            f"GPU and MPS slows and spreads those timings; launcher.mps: on uses it anyway")
+    return options
+
+
 class _Run:
     """One driver's run of a study: asks while the study needs trials, tells results.
 
@@ -624,7 +638,8 @@ def run_study(
     run = None
     try:
         with _sigterm_stops():
-            launcher = launcher or make_launcher(cfg.launcher.type, **cfg.launcher.options())
+            launcher = launcher or make_launcher(cfg.launcher.type,
+                                                 **launcher_options(cfg, log))
             run = _Run(study, cfg, launcher, trial_fn, grid, not quiet, chance)
             progress.total = _remaining(study, cfg, grid)
             log(f"study {cfg.study.name!r}: running {progress.total} trials on "

@@ -243,6 +243,9 @@ def model_card(recipe: Mapping[str, Any], done: Materialized) -> str:
     notes = done.notes
     card = _card_data(recipe, done, fmt.library)
     lock = "held" if notes.get("latency_lock") == "exclusive" else "not held"
+    mode = ("each pass replayed as a CUDA graph (the GPU's time of its kernels; Python's "
+            "launches left out)" if notes.get("latency_mode") == "cuda graph"
+            else "each pass run eagerly, from its launch to its end")
     return f"""---
 {card.to_yaml()}
 ---
@@ -268,7 +271,7 @@ Saved format `{fmt.name}`: {fmt.doc}. It runs with {fmt.runtime()}; paretune is 
 artifact in this directory, loaded as above, on the device it was rebuilt on. Latency
 (median of the timed batches; `latency_ms_iqr` is their interquartile range) was
 re-measured on {notes.get("latency_device", "?")} with {notes.get("latency_runtime", "?")},
-the device's timing lock {lock}.
+the device's timing lock {lock}, {mode}.
 
 {_table(metric_rows, ["metric", "recorded", "re-measured"])}
 
@@ -294,7 +297,8 @@ this directory and `paretune run recipe.yaml` replays the trial.
 
 
 # the notes every trial has: what its metrics were measured on (the card's Metrics section)
-_MEASURE_NOTES = ("saved_format", "latency_device", "latency_runtime", "latency_lock")
+_MEASURE_NOTES = ("saved_format", "latency_device", "latency_runtime", "latency_lock",
+                  "latency_mode")
 
 
 def _changes(notes: Mapping[str, str]) -> str:

@@ -451,3 +451,25 @@ def test_packed_workers_are_mps_clients_on_a_gpu(monkeypatch: pytest.MonkeyPatch
         assert state.pid is not None and not _mps._alive(state.pid)
         assert not Path(state.detail).exists()
     assert {pid for pid, _ in _mps.running_daemons()} == {pid for pid, _ in before}
+
+
+@pytest.mark.parametrize("objectives,measure,mps,used", [
+    ({"accuracy": "maximize", "latency_ms": "minimize"}, "auto", "auto", "off"),
+    ({"accuracy": "maximize", "latency_ms": "minimize"}, "auto", "on", "on"),
+    ({"accuracy": "maximize", "latency_ms": "minimize"}, "cpu", "auto", "auto"),
+    ({"accuracy": "maximize", "size_mb": "minimize"}, "auto", "auto", "auto"),
+])
+def test_auto_leaves_mps_off_where_latency_is_an_objective_timed_on_the_gpu(
+    objectives: dict[str, str], measure: str, mps: str, used: str,
+    raw_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paretune.search import _engine
+
+    raw_config["study"]["objectives"] = objectives
+    raw_config["measure"] = {"device": measure}
+    raw_config["launcher"] = {"type": "multiprocess", "workers": 4, "mps": mps}
+    monkeypatch.setattr(_engine, "resolved_device", lambda cfg: "cuda")
+    lines: list[str] = []
+    options = _engine.launcher_options(parse_config(raw_config), lines.append)
+    assert options["mps"] == used and options["workers"] == 4
+    assert len(lines) == (used == "off") and all("latency_ms" in line for line in lines)

@@ -50,10 +50,42 @@ def test_time_model_warms_up_repeats_and_holds_the_lock(
         pass  # creates the lock files
     before = torch.get_num_threads()
     model = _Probe(tmp_path)
-    times = time_model(model, {}, "cpu", warmup=2, repeats=5, threads=1, exclusive=exclusive)
+    times, mode = time_model(model, {}, "cpu", warmup=2, repeats=5, threads=1,
+                             exclusive=exclusive)
     assert len(times) == 5 and model.calls == 7 and all(t >= 0 for t in times)
+    assert mode == "eager"  # CUDA graphs are for GPUs
     assert set(model.threads) == {1} and torch.get_num_threads() == before
     assert model.lock == (["busy"] if exclusive else ["free"])
+
+
+@pytest.mark.parametrize("captured", [True, False])
+def test_a_gpu_pass_is_timed_as_a_cuda_graph_or_else_eagerly(
+    captured: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from paretune.objectives import cost
+
+    asked = []
+
+    def graph_times(model: Any, batch: Any, n: int) -> list[float] | None:
+        asked.append(n)
+        return [0.001 * i for i in range(n)] if captured else None
+
+    monkeypatch.setattr(cost, "_graph_times", graph_times)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    calls = []
+    times, mode = time_model(lambda **b: calls.append(1), {}, "cuda", warmup=2, repeats=3,
+                             exclusive=False)
+    assert asked == [5] and len(times) == 3
+    if captured:  # the warm-up replays are dropped, the timed ones kept
+        assert mode == "cuda graph" and times == [0.002, 0.003, 0.004] and not calls
+    else:  # a pass that cannot be captured: 2 + 3 eager passes
+        assert mode == "eager" and len(calls) == 5
+    asked.clear()
+    times, mode = time_model(lambda **b: None, {}, "cuda", warmup=0, repeats=2,
+                             exclusive=False, cuda_graph=False)
+    assert mode == "eager" and len(times) == 2 and not asked
 
 
 def test_spread_is_the_median_and_the_interquartile_range() -> None:
@@ -66,6 +98,7 @@ def test_spread_is_the_median_and_the_interquartile_range() -> None:
     ({"device": "gpu"}, "measure.device must be auto"),
     ({"threads": 0}, "measure.threads must be a positive integer"),
     ({"exclusive": "yes"}, "measure.exclusive must be true or false"),
+    ({"cuda_graph": "yes"}, "measure.cuda_graph must be true or false"),
     ({"latency_repeats": 0}, "measure.latency_repeats must be a positive integer"),
 ])
 def test_measure_keys_are_checked(

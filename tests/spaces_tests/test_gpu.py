@@ -101,6 +101,7 @@ def test_quantized_formats_on_cuda_load_with_from_pretrained(
                        artifact_dir=str(out))
     assert result.state == "complete", result.error
     assert result.notes["saved_format"] == saved and library in result.notes["latency_runtime"]
+    assert result.notes["latency_mode"] == "cuda graph"
     model = AutoModelForSequenceClassification.from_pretrained(out, device_map="cuda").eval()
     rows = data.load_task_data(cfg.context()["task"], 0)
     split = data.tokenize(cfg_tokenizer(out), rows.eval_texts, rows.eval_labels, 32, "gpu", None)
@@ -115,3 +116,26 @@ def cfg_tokenizer(path: Any) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def test_cuda_graph_times_the_kernels_and_a_syncing_model_is_timed_eagerly() -> None:
+    from paretune.objectives.cost import time_model
+
+    layers = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(50)]).cuda()
+    x = torch.randn(16, 256, device="cuda")
+
+    def captured(**batch: Any) -> Any:
+        return layers(x)
+
+    def syncing(**batch: Any) -> Any:  # waits on the GPU inside its pass
+        for layer in layers:
+            float(layer(x).sum())
+
+    graph, mode = time_model(captured, {}, "cuda", warmup=2, repeats=10, exclusive=False)
+    assert mode == "cuda graph" and len(graph) == 10
+    eager, mode = time_model(captured, {}, "cuda", warmup=2, repeats=10, exclusive=False,
+                             cuda_graph=False)
+    # 50 launches from Python: the eager pass's time includes them, the graph's does not
+    assert mode == "eager" and sorted(graph)[5] < sorted(eager)[5]
+    times, mode = time_model(syncing, {}, "cuda", warmup=1, repeats=3, exclusive=False)
+    assert mode == "eager" and len(times) == 3
