@@ -632,7 +632,8 @@ def run_study(
         anchors = _anchors_for(cfg, dataset)
         with asking(cfg.study.storage, study._storage):  # drivers starting at once: once
             if not study.get_trials(deepcopy=False):
-                for params in anchors:
+                # no more than the study runs: the rest would wait in the storage
+                for params in anchors[: cfg.study.n_trials]:
                     study.enqueue_trial(params, skip_if_exists=True)
     chance = _chance(cfg, dataset) if cfg.study.early_stopping else None
     run = None

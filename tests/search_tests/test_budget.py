@@ -69,6 +69,17 @@ def test_an_anchor_takes_the_nearest_number_a_listed_knob_allows(
     assert anchored[2]["arch.n_layers"] == 1
 
 
+def test_a_study_of_fewer_trials_than_anchors_leaves_none_waiting(
+    raw_config: dict[str, Any],
+) -> None:
+    raw_config["space"] = {}  # the default space: 6 anchors
+    raw_config["study"].update(n_trials=2)
+    study = run_study(parse_config(raw_config), trial_fn=fake, log=_quiet)
+    states = [t.state for t in study.trials]
+    assert states == [COMPLETE, COMPLETE]  # before: 4 more anchors left WAITING
+    assert [t.user_attrs["params"]["quant.format"] for t in study.trials] == ["fp32", "int8"]
+
+
 def test_anchors_can_be_switched_off(raw_config: dict[str, Any]) -> None:
     raw_config["space"] = {}
     raw_config["study"].update(n_trials=3, anchors=False)
