@@ -454,7 +454,7 @@ class _Run:
             ) from None
         trial.set_user_attr("params", params)
         trial.set_user_attr("summary", summary(params))
-        twin = _twin(self.study, trial.number, params)
+        twin = _twin(self.study, trial.number, params, self.cfg.info)
         if twin is not None:
             import optuna
 
@@ -527,16 +527,22 @@ class _Run:
         self.heartbeat.stop()
 
 
-def _twin(study: optuna.Study, number: int, params: dict[str, Any]) -> int | None:
-    """The first other trial drawn with exactly ``params`` that completed, was stopped or
-    is running (a failed one may have failed for a passing reason: it may run again)."""
+def _twin(study: optuna.Study, number: int, params: dict[str, Any],
+          info: Any = None) -> int | None:
+    """The first other trial drawn with ``params`` that completed, was stopped or is running
+    (a failed one may have failed for a passing reason: it may run again). Knobs that change
+    nothing for these params on the model (``spaces.same_model``) are not compared."""
     import optuna
 
+    from paretune.spaces import same_model
+
     state = optuna.trial.TrialState
+    mine = same_model(params, info)
     for t in study.get_trials(deepcopy=False,
                               states=(state.COMPLETE, state.PRUNED, state.RUNNING)):
+        theirs = t.user_attrs.get("params")
         if t.number != number and "duplicate_of" not in t.user_attrs \
-                and t.user_attrs.get("params") == params:
+                and theirs is not None and same_model(theirs, info) == mine:
             return t.number
     return None
 
@@ -698,6 +704,8 @@ def _loop(run: _Run, front: FrontTracker, progress: Any, log: Callable[[str], No
             else:
                 twins += 1
                 log(f"trial {run.next_number - 1} skipped: {DUPLICATE} {twin}")
+                if run.grid is not None and not _grid_todo(run.study, run.grid):
+                    break  # the grid's last points were twins: none is left to draw
         if twins >= MAX_TWINS_IN_A_ROW and not run.pending:
             log(f"stopped asking: the last {twins} points drawn were all trials the study "
                 f"already holds, so the space may have no new point left "

@@ -23,6 +23,7 @@ from paretune.spaces._base import (
     knob_names,
     register_family,
     resolve,
+    same_model,
 )
 
 # isort: off
@@ -60,4 +61,5 @@ __all__ = [
     "knob_names",
     "register_family",
     "resolve",
+    "same_model",
 ]

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -307,6 +307,9 @@ ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config
 ShapeFn = Callable[[SpaceInfo], Union[Mapping[str, Knob], str]]  # noqa: UP007
 # (config, info) -> None; raises ConfigError for a value that cannot run on this model/device
 CheckFn = Callable[[Any, SpaceInfo], None]
+# (params, info) -> the family's knobs (short names) that change nothing for these params on
+# this model, e.g. which layers are kept when all of them are
+InertFn = Callable[[Mapping[str, Any], SpaceInfo], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,7 @@ class Family:
     knob_when: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
     shape: ShapeFn | None = None
     check: CheckFn | None = None
+    inert: InertFn | None = None
 
     def is_active(self, params: Mapping[str, Any]) -> bool:
         """True when every knob this family depends on has one of the listed values."""
@@ -334,6 +338,16 @@ class Family:
 
     def config(self, params: Mapping[str, Any]) -> FamilyConfig:
         return self.config_cls.from_params(self.name, params)
+
+
+def same_model(params: Mapping[str, Any], info: SpaceInfo | None) -> dict[str, Any]:
+    """``params`` without the knobs that change nothing for them on the model of ``info``
+    (each family's ``inert``): two points equal here train and measure the same model."""
+    if info is None:
+        return dict(params)
+    drop = {f"{f.name}.{knob}" for f in _REGISTRY.values() if f.inert and f.is_active(params)
+            for knob in f.inert(params, info)}
+    return {k: v for k, v in params.items() if k not in drop}
 
 
 def _holds(cond: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
@@ -367,6 +381,7 @@ def register_family(
     compress: ApplyFn | None = None,
     shape: ShapeFn | None = None,
     check: CheckFn | None = None,
+    inert: InertFn | None = None,
 ) -> Family:
     """Add a method family to the joint space.
 
@@ -389,6 +404,8 @@ def register_family(
             apply to this model: it then leaves the space and its knobs keep their defaults.
         check: guards a value the user fixed (and every trial, against the model it
             loaded): raises ConfigError naming the rule, e.g. more layers than the model has.
+        inert: names the knobs that change nothing for given params on the model, so that
+            two points that differ only in them count as the same model (the twin check).
     """
     if not _NAME.match(name):
         raise ValueError(f"family name must match {_NAME.pattern}, but got {name!r}.")
@@ -423,7 +440,8 @@ def register_family(
     if compress is not None:
         hooks[Stage.COMPRESS] = compress
     doc = (config_cls.__doc__ or "").strip()
-    family = Family(name, config_cls, hooks, dict(knobs), cond, doc, per_knob, shape, check)
+    family = Family(name, config_cls, hooks, dict(knobs), cond, doc, per_knob, shape, check,
+                    inert)
     _REGISTRY[name] = family
     return family
 

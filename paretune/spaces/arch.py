@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,8 @@ def shape(info: SpaceInfo) -> dict[str, Any] | str:
     trial does not train (``train.epochs`` 0: the reference compressed as it is), since a
     model cut by layers and not trained again scored 0.70 or less, often at chance
     (bench/RESULTS.md). There it is 0 (keep all), so that no ``layer_selection`` is drawn:
-    which layers of all of them are kept changes nothing, and such points, drawn again
-    with another selection, would be the same model under other knobs."""
+    which layers of all of them are kept changes nothing (``_inert``: a trained point at
+    full depth drawn again with another selection is a twin)."""
     if _layout.layout_of(info.model_type) is None:
         return f"paretune does not know where model type {info.model_type!r} keeps its layers"
     every = Int(0, 0)
@@ -103,6 +104,13 @@ def _drops(n_layers: int) -> bool:
     return n_layers > 0
 
 
+def _inert(params: Mapping[str, Any], info: SpaceInfo) -> tuple[str, ...]:
+    """Which layers are kept changes nothing when all of them are: a trained point drawn at
+    the model's full depth with another selection is the same model."""
+    n = params.get("arch.n_layers", 0)
+    return ("layer_selection",) if n == 0 or n >= info.n_layers else ()
+
+
 register_family(
     "arch",
     ArchConfig,
@@ -112,4 +120,5 @@ register_family(
     knob_when={"layer_selection": {"arch.n_layers": _drops}},
     shape=shape,
     check=check,
+    inert=_inert,
 )

@@ -245,3 +245,26 @@ def test_a_drawn_twin_of_an_earlier_trial_is_not_run_again(raw_config: dict[str,
         assert "duplicate_of" not in first.user_attrs
         assert f"the same knobs as trial {first.number}" in t.user_attrs["stopped"]
     assert sum("skipped: the same knobs as trial" in line for line in lines) == len(twins)
+
+
+@pytest.mark.parametrize("n_layers,models", [(2, 1), (1, 2)])
+def test_which_layers_are_kept_is_no_new_point_when_all_are(
+    n_layers: int, models: int, raw_config: dict[str, Any],
+) -> None:
+    # the tiny BERT has 2 layers: keeping the first 2 or the last 2 is the same model
+    raw_config["space"].update({"peft.method": "none", "train.lr": 1e-3,
+                                "arch.n_layers": n_layers,
+                                "arch.layer_selection": ["first", "last"]})
+    raw_config["study"].update(sampler="grid", n_trials=2, anchors=False)
+    ran: list[dict[str, Any]] = []
+
+    def counting(spec: TrialSpec) -> TrialResult:
+        ran.append(dict(spec.params))
+        return fake_trial(spec)
+
+    study = run_study(parse_config(raw_config), trial_fn=counting, log=lambda line: None)
+    assert len(ran) == models
+    selections = {t.user_attrs["params"]["arch.layer_selection"] for t in study.trials}
+    assert selections == {"first", "last"}  # both were drawn
+    twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(twins) == 2 - models
