@@ -85,7 +85,6 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
     step_lock = devicelock.shared if lock else (lambda d: contextlib.nullcontext())
     timing_lock = devicelock.exclusive if lock else (lambda d: contextlib.nullcontext())
     times: list[float] = []
-    rounds: list[float] = []  # the median of each round
     raw: list[list[float]] = []  # every batch of each round, ms
     stamps: list[float] = []  # when each round began (epoch seconds)
     overlap = 0  # training steps the other processes finished while this one timed
@@ -117,11 +116,9 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
                 timing = time_model(model, timed, device, warmup=0,
                                     repeats=args.warmup + args.repeats, exclusive=False,
                                     cuda_graph=args.cuda_graph == "on")
-                every, how = timing.times, timing.mode
-                raw.append([round(1000 * t, 3) for t in every])  # warm-up batches too
-                batch = every[args.warmup:]
-                times += batch
-                rounds.append(round(1000 * statistics.median(batch), 3))
+                how = timing.mode
+                raw.append([round(1000 * t, 3) for t in timing.times])  # warm-up batches too
+                times += timing.times[args.warmup:]
                 overlap += sum(counts[:]) - steps - before
             model.train()
             next_round += args.round_every
@@ -132,7 +129,7 @@ def worker(rank: int, args: argparse.Namespace, model_path: str, texts: list[str
             break
     out.put({"rank": rank, "median_ms": 1000 * statistics.median(times),
              "min_ms": 1000 * min(times), "max_ms": 1000 * max(times), "steps": steps,
-             "overlap": overlap, "cpus": cpus, "rounds_ms": rounds, "timed": how,
+             "overlap": overlap, "cpus": cpus, "timed": how,
              "raw_ms": raw, "stamps": stamps,
              "seconds": round(time.perf_counter() - began, 1)})
 
@@ -194,7 +191,9 @@ def run(args: argparse.Namespace, model_path: str, texts: list[str], mode: str
         # the CPU each copy's main thread was on at its timings: a slow copy on a busy or
         # far CPU shows here
         "cpus": [r["cpus"] for r in rows],
-        "rounds_ms": [r["rounds_ms"] for r in rows],
+        # the median of each round's timed batches
+        "rounds_ms": [[round(statistics.median(batches[args.warmup:]), 3)
+                       for batches in r["raw_ms"]] for r in rows],
         # every batch timed, warm-up first, and when each round began: a slow round shows
         # whether it was slow throughout or only at its start
         "raw_ms": [r["raw_ms"] for r in rows],

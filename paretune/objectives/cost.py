@@ -58,22 +58,29 @@ def time_model(model: Any, batch: dict[str, Any], device: str, *, warmup: int = 
     gc.disable()  # a collection inside a timed pass is noise, not the model's cost
     try:
         with lock, torch.inference_mode():
-            times = (_graph_times(model, batch, warmup + repeats)
-                     if cuda and cuda_graph else None)
-            mode = "cuda graph" if times else "eager"
-            if times is None:
-                sync = torch.cuda.synchronize if cuda else (lambda: None)
-                times = []
-                for _ in range(warmup + repeats):
-                    sync()
-                    start = time.perf_counter()
-                    model(**batch)
-                    sync()
-                    times.append(time.perf_counter() - start)
+            n = warmup + repeats
+            graphed = _graph_times(model, batch, n) if cuda and cuda_graph else None
+            times = graphed if graphed is not None else _eager_times(model, batch, n, cuda)
     finally:
         gc.enable()
         torch.set_num_threads(before)
-    return Timing(times[warmup:], mode)
+    return Timing(times[warmup:], "eager" if graphed is None else "cuda graph")
+
+
+def _eager_times(model: Any, batch: dict[str, Any], n: int, cuda: bool) -> list[float]:
+    """Seconds of each of ``n`` passes as Python runs them, from launch to (synchronised)
+    end."""
+    import torch
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = []
+    for _ in range(n):
+        sync()
+        start = time.perf_counter()
+        model(**batch)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def _graph_times(model: Any, batch: dict[str, Any], n: int) -> list[float] | None:
@@ -98,10 +105,10 @@ def _graph_times(model: Any, batch: dict[str, Any], n: int) -> list[float] | Non
     except Exception:  # noqa: BLE001 - any capture failure: time the eager pass instead
         torch.cuda.synchronize()
         return None
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(n):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()
         end.record()
