@@ -102,7 +102,7 @@ def anchors(space: Mapping[str, Any], info: Any, recipe: Mapping[str, Any]) -> l
     out: list[dict[str, Any]] = []
     for anchor in wanted:
         answer = _Answer(anchor, defaults)
-        suggest(answer, space)  # type: ignore[arg-type]
+        suggest(answer, space, info)  # type: ignore[arg-type]
         if answer.valid and answer.params not in out:
             out.append(answer.params)
     return out

@@ -310,7 +310,7 @@ def parse_config(raw: Mapping[str, Any], *, check_data: bool = True) -> Config:
     space, notes = build_space(parse_space(raw.get("space") or {}), info)
     cfg = Config(study, model, task, space, launcher, measure, info, tuple(notes))
     if study.sampler == "grid":
-        grid_points(cfg.space)  # raises if a searched knob has no finite list of values
+        grid_points(cfg.space, info)  # raises if a searched knob has no finite list of values
     if check_data:
         from paretune import data
 

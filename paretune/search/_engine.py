@@ -446,7 +446,7 @@ class _Run:
         self.heartbeat.add(trial._trial_id)
         self.study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_KEY, True)
         try:
-            params = suggest(trial, self.cfg.space)
+            params = suggest(trial, self.cfg.space, self.cfg.info)
         except ValueError as exc:  # Optuna refused a knob: the space changed under the study
             self.fail_unstarted(trial, f"the space does not fit this study: {exc}")
             raise ConfigError(
@@ -622,7 +622,7 @@ def run_study(
     study = open_study(cfg)
     progress = Progress(0, quiet=quiet)
     log = log or progress.log
-    grid = grid_points(cfg.space) if cfg.study.sampler == "grid" else None
+    grid = grid_points(cfg.space, cfg.info) if cfg.study.sampler == "grid" else None
     tally = _tally(study)
     if _remaining(study, cfg, grid) == 0 and tally.running == 0:
         progress.close()

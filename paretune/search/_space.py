@@ -76,11 +76,15 @@ def _check_named(family: Any, named: Mapping[str, Any], info: SpaceInfo) -> None
                 raise ConfigError(f"space.{family.name}.{knob}: {exc}") from None
 
 
-def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: Mapping[str, Any],
+            info: SpaceInfo | None = None) -> dict[str, Any]:
     """Every active knob's value for this trial: searched ones from Optuna, fixed ones as set.
 
     ``space`` is the study's whole space (``build_space``); a knob whose family or own
-    condition does not hold is not suggested and keeps its family's default.
+    condition does not hold is not suggested and keeps its family's default, and so does a
+    knob that changes nothing for the knobs drawn before it on the model of ``info`` (its
+    family's ``inert``: which layers are kept, when all of them are), so that the sampler
+    spends no dimension on it.
     """
     from paretune import spaces
 
@@ -89,17 +93,26 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Any]) -> dict[str, Any]:
         if not family.is_active(params):
             continue
         for knob in family.knobs:
-            if family.knob_active(knob, params):
+            if _drawn(family, knob, params, info):
                 name = f"{family.name}.{knob}"
                 params[name] = spaces.resolve(space[name], params).suggest(trial, name)
     return params
 
 
-def grid_points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _drawn(family: Any, knob: str, params: Mapping[str, Any], info: SpaceInfo | None) -> bool:
+    """``knob`` is drawn given the knobs drawn before it: its condition holds and, on the
+    model of ``info``, it changes something."""
+    if not family.knob_active(knob, params):
+        return False
+    return info is None or family.inert is None or knob not in family.inert(params, info)
+
+
+def grid_points(space: Mapping[str, Any], info: SpaceInfo | None = None) -> list[dict[str, Any]]:
     """Every distinct combination of the searched knobs, branch by branch.
 
     A conditional family's knobs multiply only the branches where it is active, so
-    ``peft.method: [none, lora]`` with ``lora.r: [4, 8]`` gives 3 points, not 4.
+    ``peft.method: [none, lora]`` with ``lora.r: [4, 8]`` gives 3 points, not 4; nor does a
+    knob that changes nothing on the model of ``info`` (``suggest``).
     Raises ConfigError if a searched knob is a continuous range.
     """
     from paretune import spaces
@@ -110,7 +123,7 @@ def grid_points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
             name = f"{family.name}.{knob}"
             grown = []
             for params, searched in points:
-                if not (family.is_active(params) and family.knob_active(knob, params)):
+                if not (family.is_active(params) and _drawn(family, knob, params, info)):
                     grown.append((params, searched))
                     continue
                 values = spaces.resolve(space[name], params).grid()

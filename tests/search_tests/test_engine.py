@@ -11,7 +11,7 @@ import pytest
 
 from paretune.errors import ConfigError
 from paretune.search import front_trials, open_study, pareto_front, parse_config, run_study
-from paretune.search._engine import INTERRUPTED
+from paretune.search._engine import INTERRUPTED, _twin
 from paretune.trial import TrialResult, TrialSpec
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -247,9 +247,9 @@ def test_a_drawn_twin_of_an_earlier_trial_is_not_run_again(raw_config: dict[str,
     assert sum("skipped: the same knobs as trial" in line for line in lines) == len(twins)
 
 
-@pytest.mark.parametrize("n_layers,models", [(2, 1), (1, 2)])
-def test_which_layers_are_kept_is_no_new_point_when_all_are(
-    n_layers: int, models: int, raw_config: dict[str, Any],
+@pytest.mark.parametrize("n_layers,selections", [(2, set()), (1, {"first", "last"})])
+def test_which_layers_are_kept_is_not_drawn_when_all_are(
+    n_layers: int, selections: set[str], raw_config: dict[str, Any],
 ) -> None:
     # the tiny BERT has 2 layers: keeping the first 2 or the last 2 is the same model
     raw_config["space"].update({"peft.method": "none", "train.lr": 1e-3,
@@ -263,8 +263,23 @@ def test_which_layers_are_kept_is_no_new_point_when_all_are(
         return fake_trial(spec)
 
     study = run_study(parse_config(raw_config), trial_fn=counting, log=lambda line: None)
-    assert len(ran) == models
-    selections = {t.user_attrs["params"]["arch.layer_selection"] for t in study.trials}
-    assert selections == {"first", "last"}  # both were drawn
-    twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
-    assert len(twins) == 2 - models
+    assert len(ran) == max(1, len(selections))  # one model at full depth
+    drawn = {t.user_attrs["params"].get("arch.layer_selection") for t in study.trials}
+    assert drawn - {None} == selections
+    assert not [t for t in study.trials if "duplicate_of" in t.user_attrs]
+
+
+def test_a_point_that_differs_only_in_what_changes_nothing_is_a_twin(
+    raw_config: dict[str, Any],
+) -> None:
+    # a study holds a trial drawn with a layer selection at full depth, as drawn before
+    # such a selection was left undrawn: the same point without it is the same model
+    raw_config["space"].update({"peft.method": "none", "train.lr": 1e-3, "arch.n_layers": 2})
+    raw_config["study"].update(sampler="random", n_trials=2, anchors=False)
+    cfg = parse_config(raw_config)
+    first = run_study(cfg, trial_fn=fake_trial, log=lambda line: None).trials[0]
+    held = {**first.user_attrs["params"], "arch.layer_selection": "last"}
+    assert held != first.user_attrs["params"]
+    study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
+    assert _twin(study, -1, held, cfg.info) == first.number
+    assert _twin(study, -1, {**held, "arch.n_layers": 1}, cfg.info) is None

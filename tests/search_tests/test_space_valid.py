@@ -13,6 +13,7 @@ import pytest
 from paretune.errors import ConfigError
 from paretune.search import parse_config
 from paretune.search._space import suggest
+from paretune.spaces import SpaceInfo
 from paretune.spaces._layout import prefix_tuning_runs
 from paretune.trial import TrialSpec, build, write_artifact
 
@@ -36,16 +37,18 @@ def default_space_config(tmp: Path, model: str, data: str, **study: Any) -> dict
     }
 
 
-def draw(space: dict[str, Any], n_each: int | None = None) -> list[dict[str, Any]]:
+def draw(space: dict[str, Any], n_each: int | None = None,
+         info: SpaceInfo | None = None) -> list[dict[str, Any]]:
     """Points from each sampler's way of drawing (told random values, so that the
-    model-based samplers draw from their models, not at random)."""
+    model-based samplers draw from their models, not at random), on the model of ``info``
+    as the engine draws them."""
     rng = random.Random(0)
     points = []
     for make, n in SAMPLERS.values():
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=make())
         for _ in range(n_each or n):
             trial = study.ask()
-            points.append(suggest(trial, space))
+            points.append(suggest(trial, space, info))
             study.tell(trial, [rng.random(), rng.random()])
     return points
 
@@ -71,7 +74,7 @@ def check_points(model: str, data: str, tmp: Path, n_each: int | None = None,
     raw = default_space_config(tmp, model, data,
                                objectives=["accuracy", "size_mb", "trainable_params"])
     cfg = parse_config(raw)
-    points = draw(cfg.space, n_each)
+    points = draw(cfg.space, n_each, cfg.info)
     for params in points:
         for family in spaces.families():
             if family.is_active(params) and family.check is not None:
@@ -187,7 +190,7 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
 ) -> None:
     cfg = parse_config(default_space_config(tmp_path, family_models["bert"], tiny_csv))
-    points = draw(cfg.space, n_each=60)
+    points = draw(cfg.space, n_each=60, info=cfg.info)
     untrained = [p for p in points if p.get("train.epochs") == 0]
     trained = [p for p in points if p.get("train.epochs", 0) > 0]
     assert untrained and trained
@@ -195,6 +198,10 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     # and no selection among all of them is drawn: it would change nothing
     assert not [p for p in untrained if "arch.layer_selection" in p]
     assert min(p["arch.n_layers"] for p in trained) < cfg.info.n_layers
+    # nor at the model's full depth, where every selection keeps the same layers
+    full = [p for p in trained if p["arch.n_layers"] == cfg.info.n_layers]
+    assert full and not [p for p in full if "arch.layer_selection" in p]
+    assert [p for p in trained if "arch.layer_selection" in p]
     # nothing trains at 0 epochs: no rate or batch size is drawn to tell such points apart
     assert not [p for p in untrained if {"train.lr", "train.batch_size"} & set(p)]
     assert all({"train.lr", "train.batch_size"} <= set(p) for p in trained)
