@@ -158,3 +158,22 @@ def test_the_reference_is_trained_exactly_once_by_8_concurrent_workers(
     assert err.count("reference: fine-tuning the base once for this study") == 1
     trials = {t.number for t in study.trials}
     assert len(trials) == 8
+
+
+def test_a_trial_that_can_still_reach_the_front_is_not_stopped() -> None:
+    from paretune.stopping import StopRule, stop_reason
+
+    # GPU front run 4, trial 9 of `random`: LoRA at 0.533 after a sixth of its training,
+    # 0.898 at the end; a front point of 0.89 at its size must not stop it
+    front = (({"accuracy": 0.89, "size_mb": 3.1}, 3),)
+    rule = StopRule("accuracy", True, chance=0.013, front=front, costs=("size_mb",))
+    costs = {"size_mb": 8.0}
+    assert stop_reason(rule, 0.533, 1 / 6, costs, steps=313, first=True) is None
+    # a trial that cannot get there is stopped, and the reason says what it can reach
+    reason = stop_reason(rule, 0.10, 0.2, costs, steps=313, first=True)
+    assert reason is not None and "dominated: trial 3" in reason
+    assert "can reach at most 0.87" in reason
+    # a front point larger than the trial does not stop it
+    assert stop_reason(rule, 0.10, 0.2, {"size_mb": 3.0}, steps=313, first=True) is None
+    # late in training the bound closes on the trial's own quality
+    assert stop_reason(rule, 0.80, 0.9, costs, steps=3000, first=False) is not None
