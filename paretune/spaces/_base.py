@@ -71,7 +71,9 @@ class Float:
             raise ConfigError(f"`step > 0` must hold for {name}, but got step={self.step}.")
 
     def suggest(self, trial: optuna.Trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+        value = trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+        # a value on a step is low + k x step: 0.30000000000000004 is recorded as 0.3
+        return value if self.step is None else round(value, 12)
 
     def grid(self) -> list[Any] | None:
         if self.step is None:

@@ -208,3 +208,13 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     # nor an adapter: untrained, it would change nothing but the bytes
     assert {p["peft.method"] for p in untrained} == {"none"}
     assert {p["peft.method"] for p in trained} - {"none"}
+
+
+def test_a_value_on_a_step_is_recorded_as_written() -> None:
+    from paretune.spaces import Float
+
+    space = Float(0.0, 0.9, step=0.1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {space.suggest(study.ask(), "x") for _ in range(200)}
+    # Optuna gives 0.1 x 3 as 0.30000000000000004; recipes and the dashboard show 0.3
+    assert drawn == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}
