@@ -204,13 +204,20 @@ def _read_text(path: Path, where: str) -> str:
 
 
 def _read_csv(path: Path, where: str) -> list[dict[str, Any]]:
-    with io.StringIO(_read_text(path, where), newline="") as fh:
-        reader = csv.reader(fh)
+    """Rows of a CSV file, read strictly: a quote opened in a field and not closed where
+    CSV expects is an error, not a field that swallows the lines after it."""
+    text = _read_text(path, where)
+    with io.StringIO(text, newline="") as fh:
+        reader = csv.reader(fh, strict=True)
         rows: list[dict[str, Any]] = []
+        start = 1  # the line the record being read starts on
         try:
             header = next(reader, [])
+            _check_header(header, bool(text.strip()), where)
+            start = reader.line_num + 1
             for fields in reader:
                 if not fields:
+                    start = reader.line_num + 1
                     continue  # a blank line
                 if len(fields) > len(header):
                     raise ConfigError(
@@ -220,9 +227,26 @@ def _read_csv(path: Path, where: str) -> list[dict[str, Any]]:
                 # a short row's missing fields are None: empty values, see on_bad_rows
                 missing: list[Any] = [None] * (len(header) - len(fields))
                 rows.append(dict(zip(header, fields + missing)))
+                start = reader.line_num + 1
         except csv.Error as exc:
-            raise ConfigError(f"{where} line {reader.line_num} is not valid CSV: {exc}.") from None
+            opened = "" if reader.line_num <= start else (
+                f" (the record that starts on line {start} holds a quote that is not closed "
+                "there: close it, or double a quote inside a quoted field as \"\")")
+            raise ConfigError(
+                f"{where} line {reader.line_num} is not valid CSV: {exc}{opened}."
+            ) from None
     return rows
+
+
+def _check_header(header: list[str], has_data: bool, where: str) -> None:
+    if has_data and not header:
+        raise ConfigError(f"{where} line 1, its header, is empty; remove the blank lines above "
+                          "the header.")
+    named = Counter(name for name in header if name.strip())
+    twice = sorted(name for name, n in named.items() if n > 1)
+    if twice:
+        raise ConfigError(f"{where} names the column(s) {twice} more than once in its header; "
+                          "give each column its own name.")
 
 
 def _read_json(path: Path, where: str) -> list[dict[str, Any]]:
@@ -393,6 +417,13 @@ def _drop_empty(
     kept = [row for i, row in enumerate(rows, 1) if i not in bad]
     empty = Counter(col for row in rows for col in columns.values() if _is_empty(row.get(col)))
     what = ", ".join(f"{n} with an empty {col!r}" for col, n in sorted(empty.items()))
+    if not kept:
+        keys = ", ".join(f"task.{key} {col!r}" for key, col in columns.items()
+                         if empty[col] == len(rows)) or "every column read"
+        raise ConfigError(
+            f"every one of the {len(rows)} rows of {where} has an empty value ({what}); "
+            f"check that {keys} names the column that holds the data."
+        )
     if policy == "error":
         raise ConfigError(
             f"{where} has {len(bad)} rows with empty values ({what}; the first is data row "
@@ -405,8 +436,24 @@ def _drop_empty(
     return kept
 
 
+_INTEGRAL = re.compile(r"-?\d+\.0+")
+_INTEGER = re.compile(r"-?\d+")
+
+
 def _label(value: Any) -> str:
-    return str(value)
+    """A row's class name: its label as text, without surrounding spaces, and a whole number
+    written as a float (``1.0``, as pandas writes an integer column with blanks in it) as
+    the integer it is, so that ``sport `` and ``sport``, ``1.0`` and ``1`` are one class."""
+    text = str(value).strip()
+    return text.split(".")[0] if _INTEGRAL.fullmatch(text) else text
+
+
+def _class_order(names: Any) -> list[str]:
+    """Class ids in order of name; integer labels by their value (2 before 10)."""
+    names = list(names)
+    if all(_INTEGER.fullmatch(n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
 
 
 def _refuse_id_column(rows: list[dict[str, Any]], column: str, where: str) -> None:
@@ -475,7 +522,7 @@ def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
     trial. Every mistake in the data is a one-line ``ConfigError``; rows dropped under
     ``task.on_bad_rows: drop`` and a class imbalance are described in ``Dataset.notes``.
     """
-    key = _fingerprint(dict(task), seed)
+    key = _fingerprint(dict(task), seed, _stamps(task))
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     columns = task_columns(task)
@@ -498,7 +545,7 @@ def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
         before = len(eval_rows)
         eval_rows = _encode_labels(
             fields, train_rows, eval_rows, columns["label_column"], _where(task, "eval"),
-            policy, notes,
+            policy, notes, _more_classes(task, len(train_rows) < n_train),
         )
         if len(eval_rows) < before:
             origin += f"; {before - len(eval_rows)} of them dropped: classes training lacks"
@@ -514,6 +561,27 @@ def load_task_data(task: Mapping[str, Any], seed: int) -> Dataset:
                    eval_origin=origin)
     _DATA_CACHE[key] = data
     return data
+
+
+def _stamps(task: Mapping[str, Any]) -> list[Any]:
+    """When and how large the task's local files are: an edited file is read again."""
+    out = []
+    for value in (task["dataset"], task["eval_split"]):
+        path = Path(str(value))
+        if isinstance(value, str) and looks_local(value) and path.is_file():
+            stat = path.stat()
+            out.append((stat.st_mtime_ns, stat.st_size))
+    return out
+
+
+def _more_classes(task: Mapping[str, Any], limited: bool) -> list[str]:
+    """What a user changes so that the training rows hold more classes."""
+    ways = ["give more rows of the other classes"]
+    if isinstance(task["eval_split"], float):
+        ways.append(f"hold out fewer for eval (task.eval_split {task['eval_split']})")
+    if limited:
+        ways.append(f"raise task.max_train_rows ({task['max_train_rows']})")
+    return ways
 
 
 def _split(
@@ -549,21 +617,30 @@ def _split(
 
 def _encode_labels(
     fields: dict[str, Any], train_rows: Rows, eval_rows: Rows, column: str, eval_where: str,
-    policy: str, notes: list[str],
+    policy: str, notes: list[str], ways: list[str],
 ) -> Rows:
     """Class ids from the training rows' classes into ``fields``; returns the eval rows left
-    once those of classes the training rows lack are dropped (or refused)."""
+    once those of classes the training rows lack are dropped (or refused). ``ways``: what
+    gives the training rows more classes (``_more_classes``)."""
     train_counts = Counter(_label(r[column]) for r in train_rows)
     if len(train_counts) < 2:
         raise ConfigError(
             f"the {len(train_rows)} training rows hold a single class "
-            f"{next(iter(train_counts))!r} once the eval rows are held out; give more rows of "
-            "the other classes (or raise task.max_train_rows)."
+            f"{next(iter(train_counts))!r} once the eval rows are held out; "
+            + ", or ".join(ways) + "."
         )
-    eval_rows = _drop_unseen(eval_rows, column, set(train_counts), eval_where, policy, notes)
-    if not eval_rows:
-        raise ConfigError(f"{eval_where} has no eval rows left; give eval rows.")
-    names = sorted(train_counts)
+    unseen = Counter(label for r in eval_rows if (label := _label(r[column])) not in train_counts)
+    eval_left = _drop_unseen(eval_rows, column, set(train_counts), eval_where, policy, notes)
+    if not eval_left:
+        raise ConfigError(
+            f"none of the {len(eval_rows)} eval rows of {eval_where} has a class of the "
+            f"{len(train_rows)} training rows: theirs are {_listing(unseen)}, training's "
+            f"{_listing(train_counts)}; "
+            + ", or ".join(["give eval rows of the training rows' classes, spelled as they are",
+                            *ways[1:]]) + "."
+        )
+    eval_rows = eval_left
+    names = _class_order(train_counts)
     index = {name: i for i, name in enumerate(names)}
     fields["label_names"] = names
     fields["train_labels"] = [index[_label(r[column])] for r in train_rows]

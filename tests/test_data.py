@@ -136,6 +136,32 @@ MISTAKES = [
      ["eval file", "2 eval rows whose label never occurs in the training rows", "'weather' (2)"]),
     ("unknown on_bad_rows", lambda r, d: r["task"].update(on_bad_rows="skip"),
      ["task.on_bad_rows", "drop, error", "'skip'"]),
+    # a quote never closed: before, the lines after it became one text, silently
+    ("CSV quote not closed", lambda r, d: r["task"].update(dataset=write_text(
+        d / "quote.csv", "text,label\n" + "".join(f"{x['text']},{x['label']}\n"
+                                                  for x in rows(30))
+        + '"goal match, team,sport\nbank loan,money\nthe chip has a 6" screen,tech\n')),
+     ["task.dataset", "quote.csv", "line 34 is not valid CSV",
+      "the record that starts on line 32 holds a quote that is not closed"]),
+    ("CSV with a blank first line", lambda r, d: r["task"].update(dataset=write_text(
+        d / "blank1.csv", "\ntext,label\ngoal,sport\n")),
+     ["task.dataset", "blank1.csv", "line 1, its header, is empty"]),
+    ("CSV header names a column twice", lambda r, d: r["task"].update(dataset=write_text(
+        d / "twice.csv", "text,label,label\ngoal,sport,\n")),
+     ["task.dataset", "twice.csv", "['label'] more than once"]),
+    ("text column all empty", lambda r, d: r["task"].update(dataset=write_csv(
+        d / "notext.csv", [{"text": "", "label": x["label"]} for x in rows(30)])),
+     ["every one of the 30 rows", "30 with an empty 'text'", "task.text_column 'text'"]),
+    ("text pairs", lambda r, d: r["task"].update(text_column=["premise", "hypothesis"]),
+     ["task.text_column must be one column name", "['premise', 'hypothesis']",
+      "pairs are not supported"]),
+    ("eval file of other classes", lambda r, d: r["task"].update(eval_split=write_csv(
+        d / "upper.csv", [{**x, "label": x["label"].upper()} for x in rows(9)])),
+     ["none of the 9 eval rows", "has a class of the 180 training rows", "'SPORT' (3)",
+      "training's 'sport' (60)", "give eval rows of the training rows' classes"]),
+    ("eval_split leaving one class", lambda r, d: r["task"].update(
+        dataset=write_csv(d / "few.csv", rows(8, labels=("sport", "tech"))), eval_split=0.85),
+     ["training rows hold a single class", "hold out fewer for eval (task.eval_split 0.85)"]),
 ]
 
 
@@ -367,3 +393,21 @@ def test_tampered_tokenized_cache_is_detected_logged_and_rebuilt(
         assert torch.equal(_tokenize(tokenizer, tmp_path).input_ids, first.input_ids)
     assert "is unreadable" in caplog.text
     assert data._read_cached(path) is not None  # the rebuilt file passes its check
+
+
+def test_labels_that_differ_in_spelling_only_are_one_class(tmp_path: Path) -> None:
+    # a trailing space (hand-edited sheets), 1.0 for 1 (pandas: an integer column with blanks)
+    items = [{"text": x["text"], "label": {"sport": "1", "tech": "2", "money": "10"}[x["label"]]}
+             for x in rows(60)]
+    for i, item in enumerate(items):
+        if i % 4 == 0:
+            item["label"] += " "
+        elif i % 4 == 1:
+            item["label"] += ".0"
+    task = {"type": "classification", "dataset": write_csv(tmp_path / "d.csv", items),
+            "text_column": "text", "label_column": "label", "prompt_column": None,
+            "eval_split": 0.25, "max_train_rows": None, "max_eval_rows": None,
+            "on_bad_rows": "drop"}
+    dataset = data.load_task_data(task, seed=0)
+    assert dataset.label_names == ["1", "2", "10"]  # one class each, integers in their order
+    assert not dataset.notes

@@ -726,6 +726,12 @@ def _check_task(task: TaskSection, check_data: bool) -> TaskSection:
     from paretune import data
 
     _check_type("task.dataset", task.dataset, str, "a string")
+    for key in ("text_column", "label_column", "prompt_column"):
+        value = getattr(task, key)
+        if value is not None and (not isinstance(value, str) or not value):
+            pairs = " (text pairs are not supported: join them into one column)" \
+                if isinstance(value, list) else ""
+            raise ConfigError(f"task.{key} must be one column name, but got {value!r}{pairs}.")
     split = task.eval_split
     if isinstance(split, bool) or not isinstance(split, (float, str)) or split == "":
         kind = " (an integer)" if isinstance(split, int) and not isinstance(split, bool) else ""

@@ -547,6 +547,21 @@ def _twin(study: optuna.Study, number: int, params: dict[str, Any],
     return None
 
 
+def _check_same_data(study: optuna.Study, cfg: Config) -> None:
+    """A resumed study runs on the rows it was created on: with its data file edited, its
+    new trials would be measured on other rows than its old ones, in one front."""
+    mine = _task_data(cfg).fingerprint
+    stored = study.user_attrs.get("paretune.data")
+    if stored is None:  # a new study (or one from before this check): it records its rows
+        study.set_user_attr("paretune.data", mine)
+    elif stored != mine:
+        raise ConfigError(
+            f"study {cfg.study.name!r} was created on other rows than task.dataset "
+            f"{cfg.task.dataset!r} holds now (the file or its eval split changed since); a "
+            "resumed study keeps its data: restore the file, or use a new study.name."
+        )
+
+
 def _task_data(cfg: Config) -> Any:
     from paretune import data
 
@@ -620,6 +635,7 @@ def run_study(
     from paretune.progress import Progress
 
     study = open_study(cfg)
+    _check_same_data(study, cfg)
     progress = Progress(0, quiet=quiet)
     log = log or progress.log
     grid = grid_points(cfg.space, cfg.info) if cfg.study.sampler == "grid" else None

@@ -115,12 +115,13 @@ def _predicted_counts(out: Path, spec: Any, dataset: data.Dataset) -> dict[str, 
 
 def _name_labels(out: Path, labels: list[str]) -> None:
     """The classifier's class ids get the dataset's label names (ids stay as trained), in
-    every model config of the directory (an adapter's base has its own)."""
+    every model config of the directory (an adapter's base has its own). transformers leaves
+    a two-class config's default names out of config.json: those are named too."""
     for path in [out / "config.json", out / "base" / "config.json"]:
-        if not path.is_file():
+        if not labels or not path.is_file():  # a causal LM has no classes
             continue
         config = json.loads(path.read_text())
-        if len(config.get("id2label", {})) != len(labels):
+        if len(config.get("id2label") or {}) not in (0, len(labels)):
             continue
         config["id2label"] = {str(i): name for i, name in enumerate(labels)}
         config["label2id"] = {name: i for i, name in enumerate(labels)}

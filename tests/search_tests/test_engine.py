@@ -283,3 +283,20 @@ def test_a_point_that_differs_only_in_what_changes_nothing_is_a_twin(
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
     assert _twin(study, -1, held, cfg.info) == first.number
     assert _twin(study, -1, {**held, "arch.n_layers": 1}, cfg.info) is None
+
+
+def test_resume_on_edited_data_is_refused(raw_config: dict[str, Any], tmp_path: Any) -> None:
+    import shutil
+
+    data = tmp_path / "data.csv"
+    shutil.copy(raw_config["task"]["dataset"], data)
+    raw_config["task"]["dataset"] = str(data)
+    run_study(_cfg(raw_config, n_trials=1), trial_fn=fake_trial, log=_quiet)
+    run_study(_cfg(raw_config, n_trials=2), trial_fn=fake_trial, log=_quiet)  # same rows
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:-5]))  # five rows fewer
+    with pytest.raises(ConfigError, match="created on other rows than task.dataset .* restore "
+                                          "the file, or use a new study.name"):
+        run_study(_cfg(raw_config, n_trials=3), trial_fn=fake_trial, log=_quiet)
+    assert len(optuna.load_study(study_name=raw_config["study"]["name"],
+                                 storage=raw_config["study"]["storage"]).trials) == 2

@@ -178,3 +178,21 @@ def test_a_recipe_replays_on_its_study_cache_where_it_exists(
     assert recipe_spec(recipe, cache_dir=str(tmp_path)).context["cache_dir"] == str(tmp_path)
     moved = {**recipe, "cache_dir": str(tmp_path / "not-here")}  # another machine's path
     assert recipe_spec(moved).context["cache_dir"] == str(Path("~/.cache/paretune").expanduser())
+
+
+def test_a_two_class_model_gets_its_label_names(tmp_path: Path) -> None:
+    import json
+
+    from transformers import BertConfig
+
+    from paretune.search._materialize import _name_labels
+
+    # transformers writes no id2label for two classes: the card's code read it and failed
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, num_labels=2).save_pretrained(tmp_path)
+    assert "id2label" not in json.loads((tmp_path / "config.json").read_text())
+    _name_labels(tmp_path, ["negative", "positive"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert BertConfig.from_pretrained(tmp_path).id2label == {0: "negative", 1: "positive"}
