@@ -178,7 +178,7 @@ def _outcome(study: Any) -> int:
 def _replay(recipe: dict[str, Any], quiet: bool) -> int:
     """Run a recipe's trial again, with training progress, and compare its metrics."""
     from paretune.search._config import parse_space
-    from paretune.search._recipe import recipe_spec
+    from paretune.search._recipe import check_recipe_data, recipe_spec
     from paretune.trial import run_trial
 
     params = recipe.get("params")
@@ -190,6 +190,7 @@ def _replay(recipe: dict[str, Any], quiet: bool) -> int:
     except ConfigError as exc:
         raise ConfigError(f"recipe: {str(exc).replace('space.', 'params.')}") from None
     spec = recipe_spec(recipe, progress=not quiet)
+    check_recipe_data(recipe, spec)  # a moved file is exit 2, as for a study
     if not quiet:
         print(f"paretune: replaying trial {recipe.get('trial')} of study "
               f"{recipe.get('study')!r}", file=sys.stderr)

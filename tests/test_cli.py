@@ -120,6 +120,21 @@ def test_run_front_export_replay(
     assert abs(recorded - replayed) <= 0.01
     assert replay["size_mb"][0] == pytest.approx(replay["size_mb"][1], abs=1e-3)
 
+    # its data file moved: one line and exit 2, as for a study (it was a failed replay, 1)
+    def replay_on(name: str, dataset: str) -> int:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({**data, "task": {**data["task"], "dataset": dataset}}))
+        return main(["run", str(path)])
+
+    assert replay_on("moved.yaml", str(tmp_path / "gone.csv")) == 2
+    assert "gone.csv" in capsys.readouterr().err
+    # its data file edited: the replay runs, and says it measures other rows than recorded
+    edited = tmp_path / "edited.csv"
+    edited.write_text("".join(Path(data["task"]["dataset"]).read_text()
+                              .splitlines(keepends=True)[:-4]))
+    assert replay_on("edited.yaml", str(edited)) == 0
+    assert f"are not those study 't' measured trial {best.number} on" in capsys.readouterr().err
+
 
 def test_export_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import optuna

@@ -19,7 +19,7 @@ from typing import Any
 
 from paretune import data
 from paretune.errors import ConfigError, TrialFailed
-from paretune.search._recipe import _versions, recipe_spec
+from paretune.search._recipe import _versions, check_recipe_data, recipe_spec
 from paretune.trial import run_trial
 
 __all__ = ["Materialized", "materialize"]
@@ -49,7 +49,7 @@ def materialize(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"-o {str(out)!r} must be a new or empty directory, so that size_mb "
                           "counts only the model; choose another path.")
-    dataset = data.check_task(spec.context["task"], int(spec.context["seed"]))
+    dataset = check_recipe_data(recipe, spec)
     # the top-most directory this call creates, removed again if it fails
     created = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "RECIPE_KEY", "front_trials", "is_recipe", "load_study", "make_recipe", "pick_trial",
-    "recipe_spec", "replay_recipe",
+    "RECIPE_KEY", "check_recipe_data", "front_trials", "is_recipe", "load_study", "make_recipe",
+    "pick_trial", "recipe_spec", "replay_recipe",
 ]
 
 RECIPE_KEY = "paretune_recipe"
@@ -143,6 +144,8 @@ def make_recipe(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         # reuses them instead of fine-tuning the reference again
         "cache_dir": context.get("cache_dir"),
         "params": dict(trial.user_attrs.get("params", trial.params)),
+        # the rows the study measured on (data.Dataset.fingerprint), to tell an edited file
+        "data": study.user_attrs.get("paretune.data"),
         "objectives": study.user_attrs.get("paretune.objectives", {}),
         "metrics": {k: v for k, v in trial.user_attrs.items() if k in names},
         "versions": _versions(),
@@ -195,13 +198,27 @@ def recipe_spec(
     return TrialSpec(int(recipe.get("trial", 0)), dict(recipe["params"]), context)
 
 
+def check_recipe_data(recipe: Mapping[str, Any], spec: TrialSpec) -> Any:
+    """The recipe's data, checked as a study's is (a file that moved is a ``ConfigError``,
+    not a failed trial), with a warning where its rows are not those the study measured
+    the trial on: what is measured now is then not what the recipe recorded."""
+    from paretune import data
+
+    dataset = data.check_task(spec.context["task"], int(spec.context["seed"]))
+    recorded = recipe.get("data")
+    if recorded and recorded != dataset.fingerprint:
+        print(f"paretune: warning: the rows of task.dataset {spec.context['task']['dataset']!r}"
+              f" are not those study {recipe.get('study')!r} measured trial "
+              f"{recipe.get('trial')} on (the file changed since); what is measured now is "
+              "measured on the rows as they are.", file=sys.stderr)
+    return dataset
+
+
 def replay_recipe(
     recipe: Mapping[str, Any], device: str = "auto", cache_dir: str | None = None
 ) -> TrialResult:
-    """Run the recipe's trial again, as a single trial in this process. Its data is checked
-    first, as a study's is: a file that moved is a ``ConfigError``, not a failed trial."""
-    from paretune import data
-
+    """Run the recipe's trial again, as a single trial in this process, after its data is
+    checked (``check_recipe_data``)."""
     spec = recipe_spec(recipe, device, cache_dir)
-    data.check_task(spec.context["task"], int(spec.context["seed"]))
+    check_recipe_data(recipe, spec)
     return run_trial(spec)
