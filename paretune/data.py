@@ -725,7 +725,10 @@ def tokenize(
     """
     import torch
 
-    key = _fingerprint(tokenizer_fingerprint(tokenizer), data_key, max_length, causal_lm)
+    # rows are padded on the right whatever the tokenizer's side (Llama's and Gemma's pad on
+    # the left): batches keep each row's first columns (spaces.train.batches)
+    key = _fingerprint(tokenizer_fingerprint(tokenizer), data_key, max_length, causal_lm,
+                       "padded right", getattr(tokenizer, "truncation_side", "right"))
     if key in _TOKEN_CACHE:
         return _TOKEN_CACHE[key]
     path = Path(cache_dir, "tokenized", f"{key}.safetensors") if cache_dir else None
@@ -736,7 +739,7 @@ def tokenize(
         else:
             enc = tokenizer(
                 list(texts), truncation=True, max_length=max_length, padding="max_length",
-                return_tensors="pt",
+                padding_side="right", return_tensors="pt",
             )
             split = TokenizedSplit(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
         if path is not None:

@@ -411,3 +411,22 @@ def test_labels_that_differ_in_spelling_only_are_one_class(tmp_path: Path) -> No
     dataset = data.load_task_data(task, seed=0)
     assert dataset.label_names == ["1", "2", "10"]  # one class each, integers in their order
     assert not dataset.notes
+
+
+def test_rows_are_padded_on_the_right_whatever_the_tokenizer_pads(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    # Llama's and Gemma's tokenizers pad on the left; batches keep each row's first columns,
+    # so a left-padded row kept its padding and lost its text (trained and scored on pads)
+    from paretune import models
+
+    _, tokenizer = models.load_base(tiny_model, 3)
+    data._TOKEN_CACHE.clear()
+    right = _tokenize(tokenizer, tmp_path / "right")
+    tokenizer.padding_side = "left"
+    data._TOKEN_CACHE.clear()
+    left = _tokenize(tokenizer, tmp_path / "left")
+    pad = tokenizer.pad_token_id
+    assert (left.input_ids[:, 0] != pad).all()  # every row starts with its text
+    assert (left.attention_mask[:, 0] == 1).all()
+    assert (left.input_ids == right.input_ids).all()
