@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 from collections.abc import Iterable
@@ -11,8 +12,8 @@ from typing import Any
 from paretune.errors import ConfigError
 
 __all__ = [
-    "ALIASES", "TINY_TYPES", "check_model_name", "load_artifact", "load_base", "make_tiny",
-    "make_tiny_llama", "make_tiny_model", "resolve", "space_info",
+    "ALIASES", "TINY_TYPES", "check_model_name", "fingerprint", "load_artifact", "load_base",
+    "make_tiny", "make_tiny_llama", "make_tiny_model", "resolve", "space_info",
 ]
 
 # alias -> (PyPI distribution, path inside it, install hint); a path ending in .gguf is
@@ -100,6 +101,25 @@ def resolve(name: str) -> str:
             return str(_converted(name, Path(str(path)), hint))
         return str(path)
     return str(Path(name).expanduser()) if _looks_local(name) else name
+
+
+def fingerprint(name: str) -> str:
+    """What the model ``name`` is, for the keys of what is cached from it (the reference):
+    a local directory by the contents of its JSON files (config, tokenizer) and the size and
+    modification time of every other file, so that a directory whose model was replaced is
+    not taken for the one before; a hub id by its name."""
+    path = Path(resolve(name))
+    if not path.is_dir():
+        return name
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if file.suffix == ".json" and file.stat().st_size < 50_000_000:
+            digest.update(f"{rel}:".encode() + file.read_bytes())
+        else:
+            stat = file.stat()
+            digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def _converted(alias: str, gguf: Path, hint: str) -> Path:

@@ -3,8 +3,9 @@
 It is what compression trials start from (``train.init: finetuned``) and the distillation
 teacher. The first process that needs it trains it while holding a file lock in
 ``cache_dir``; every other process, on this machine or any that shares the directory, waits
-on the lock and then loads the saved copy. The key is a content hash of the model, the data,
-the seed, max_length and the recipe, so a changed task never reuses a stale reference.
+on the lock and then loads the saved copy. The key hashes the model (a local directory by its
+files: ``models.fingerprint``), the data, the seed, max_length and the recipe, so a changed
+task or a model replaced in its directory never reuses a stale reference.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def recipe_for(train_rows: int, hidden_size: int) -> dict[str, Any]:
 
 
 def _key(ctx: Any, recipe: dict[str, Any]) -> str:
-    parts = [ctx.model_spec["name"], ctx.data_fingerprint, ctx.seed,
+    from paretune.models import fingerprint
+
+    name = ctx.model_spec["name"]
+    parts = [name, fingerprint(name), ctx.data_fingerprint, ctx.seed,
              int(ctx.model_spec.get("max_length", 128)), ctx.task["type"], recipe]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

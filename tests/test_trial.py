@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,3 +89,22 @@ def test_adalora_without_a_budget_to_prune_fails_fast(raw_config: dict[str, Any]
         "adalora.ranks must be 'INIT/TARGET' with 1 <= TARGET < INIT"
     )
     assert result.metrics == {}  # failed before anything was measured
+
+
+def test_a_model_replaced_in_its_directory_is_a_new_model(
+    tiny_model: str, tiny_llama: str, tmp_path: Path
+) -> None:
+    # the reference is cached by this: keyed on the path alone, a directory whose BERT was
+    # replaced by a Llama reused the BERT's reference (and failed every trial)
+    import shutil
+
+    from paretune.models import fingerprint
+
+    mine = tmp_path / "mymodel"
+    shutil.copytree(tiny_model, mine)
+    first = fingerprint(str(mine))
+    assert fingerprint(str(mine)) == first
+    shutil.rmtree(mine)
+    shutil.copytree(tiny_llama, mine)
+    assert fingerprint(str(mine)) != first
+    assert fingerprint("owner/name") == "owner/name"  # a hub id is its name
