@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,11 +63,18 @@ def check_model_name(name: str) -> None:
                 import gguf  # noqa: F401
             except ImportError:
                 raise ConfigError(f"model.name {name!r} needs the gguf package: {hint}") from None
+    elif _looks_local(name) and Path(name).expanduser().is_file():
+        raise ConfigError(
+            f"model.name {name!r} is a file; give the directory that holds the model "
+            f"({str(Path(name).parent)!r}), saved with save_pretrained."
+        )
     elif _looks_local(name) and not Path(name).expanduser().is_dir():
         raise ConfigError(
             f"model.name {name!r} is a local path that does not exist; give a directory "
             f"saved with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
         )
+    elif _looks_local(name) and (problem := _not_a_model(Path(name).expanduser())):
+        raise ConfigError(f"model.name {name!r} {problem}")
     elif _looks_local(name) and _lacks_tokenizer(Path(name).expanduser()):
         raise ConfigError(
             f"model.name {name!r} holds a model but no tokenizer files (tokenizer.json, "
@@ -78,6 +86,24 @@ def check_model_name(name: str) -> None:
 # files a saved tokenizer writes: without any, transformers 5 builds an empty tokenizer of
 # the model's type (BERT's: 5 special tokens, every word [UNK]) and every trial trains on it
 _TOKENIZER_FILES = ("tokenizer*.json", "vocab*", "merges.txt", "*.model", "*.spm")
+
+
+def _not_a_model(path: Path) -> str | None:
+    """Why a local directory holds no model that transformers can train, or None."""
+    if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            base = json.loads((path / "adapter_config.json").read_text()).get(
+                "base_model_name_or_path")
+            return (f"holds a peft adapter, not a model; give its base model ({base!r}) as "
+                    "model.name.")
+        return "holds no config.json; give a directory saved with save_pretrained."
+    if any(next(path.glob(p), None) for p in ("*.safetensors", "pytorch_model*.bin")):
+        return None
+    if (path / "model.onnx").is_file():
+        return ("holds an ONNX model, which cannot be trained; give the transformers model "
+                "it was made from.")
+    return ("holds a config.json but no weights (model.safetensors or pytorch_model.bin); "
+            "save the model into it with save_pretrained.")
 
 
 def _lacks_tokenizer(path: Path) -> bool:
@@ -185,9 +211,38 @@ def space_info(name: str, task_type: str, device: str, objectives: Iterable[str]
             f"model.name {name!r}: its config cannot be read ({why}); give a directory saved "
             f"with save_pretrained, a hub id, or an alias ({', '.join(ALIASES)})."
         ) from None
+    _check_task_type(name, config, task_type)
     return _layout.space_info(config, task_type, study_device(device), tuple(objectives),
                               measure_device=measure_device,
                               tokenizer=_tokenizer_kind(path, int(config.vocab_size)))
+
+
+def _check_task_type(name: str, config: Any, task_type: str) -> None:
+    """The model has a head for the task: a sequence classifier, or a causal LM that
+    attends only backwards (an encoder's LM head sees the next token: its perplexity is not
+    a language model's)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+
+    kind = config.model_type
+    if task_type == "causal_lm" and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(
+            f"model.name {name!r} is a {kind} model, which transformers has no causal LM "
+            "for; task.type causal_lm needs a decoder (Llama, Qwen2, Mistral, GPT-2...)."
+        )
+    if task_type == "causal_lm" and getattr(config, "is_decoder", None) is False:
+        raise ConfigError(
+            f"model.name {name!r} is a {kind} model, an encoder (it attends both ways): "
+            "task.type causal_lm needs a decoder (Llama, Qwen2, Mistral, GPT-2...)."
+        )
+    if task_type == "classification" and type(config) not in \
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ConfigError(
+            f"model.name {name!r} is a {kind} model, which transformers has no sequence "
+            "classifier for; use a model type that has one (BERT, RoBERTa, Llama, Qwen2...)."
+        )
 
 
 def _tokenizer_kind(path: str, vocab_size: int) -> str:

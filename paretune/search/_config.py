@@ -355,6 +355,9 @@ def _check_heartbeat(study: StudySection) -> None:
 
 
 _POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+# position ids start after the padding id (RoBERTa's 514 positions hold 512 tokens)
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert",
+                            "data2vec-text", "longformer", "mpnet")
 
 
 def _local_model_config(name: str) -> dict[str, Any] | None:
@@ -386,10 +389,15 @@ def _check_max_length(model: ModelSection) -> None:
     _positive_int("model.max_length", model.max_length)
     config = _local_model_config(model.name) or {}
     limit = next((config[k] for k in _POSITIONS if isinstance(config.get(k), int)), None)
+    why = "its max_position_embeddings"
+    if limit is not None and config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        offset = int(config.get("pad_token_id") or 0) + 1
+        limit -= offset
+        why += f", less the {offset} its position ids skip"
     if limit is not None and model.max_length > limit:
         raise ConfigError(
-            f"`model.max_length <= {limit}` must hold for {model.name!r} (its "
-            f"max_position_embeddings), but got {model.max_length}."
+            f"`model.max_length <= {limit}` must hold for {model.name!r} ({why}), but got "
+            f"{model.max_length}."
         )
 
 

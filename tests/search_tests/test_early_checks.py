@@ -49,7 +49,49 @@ def _model_without_tokenizer(raw: dict[str, Any]) -> None:
     raw["model"]["name"] = str(target)
 
 
+def _model_copy(raw: dict[str, Any], keep: tuple[str, ...], extra: dict[str, str]) -> Path:
+    """A directory with some of the tiny model's files, and ``extra`` files."""
+    import shutil
+
+    source = Path(raw["model"]["name"])
+    target = Path(raw["study"]["cache_dir"]).parent / "mine"
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name not in ("config.json", "model.safetensors") or path.name in keep:
+            shutil.copy(path, target / path.name)
+    for name, text in extra.items():
+        (target / name).write_text(text)
+    raw["model"]["name"] = str(target)
+    return target
+
+
+def _config_of(raw: dict[str, Any], **changes: Any) -> None:
+    import json
+
+    target = _model_copy(raw, ("config.json", "model.safetensors"), {})
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+
+
 LATE_CHECKS: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] = [
+    ("model directory without weights", lambda r: _model_copy(r, ("config.json",), {}),
+     ["mine", "holds a config.json but no weights", "save_pretrained"]),
+    ("model directory of an ONNX artifact", lambda r: _model_copy(
+        r, ("config.json",), {"model.onnx": "not really"}),
+     ["holds an ONNX model, which cannot be trained"]),
+    ("peft adapter as the model", lambda r: _model_copy(
+        r, (), {"adapter_config.json": '{"base_model_name_or_path": "org/base"}'}),
+     ["holds a peft adapter, not a model", "give its base model ('org/base')"]),
+    ("model's weights file", lambda r: r["model"].update(
+        name=str(Path(r["model"]["name"]) / "model.safetensors")),
+     ["model.safetensors' is a file", "give the directory that holds the model"]),
+    ("causal LM on an encoder", lambda r: r.update(
+        task={**r["task"], "type": "causal_lm", "text_column": "text"},
+        study={**r["study"], "objectives": {"perplexity": "minimize"}}),
+     ["is a bert model, an encoder", "task.type causal_lm needs a decoder"]),
+    ("RoBERTa's positions start after its padding id", lambda r: _config_of(
+        r, model_type="roberta", architectures=["RobertaForSequenceClassification"],
+        max_position_embeddings=33, pad_token_id=1), ["`model.max_length <= 31` must hold"]),
     ("max_length zero", lambda r: r["model"].update(max_length=0),
      ["model.max_length must be a positive integer", "0"]),
     ("max_length over the model's positions", lambda r: r["model"].update(max_length=4096),
