@@ -270,41 +270,69 @@ def load_artifact(directory: str | os.PathLike[str], device: str = "cpu") -> Any
     return _artifact.load(directory, device)
 
 
-_WARM: dict[tuple[str, int, int], tuple[Any, Any]] = {}
+_WARM: dict[tuple[str, int, int, tuple[str, ...]], tuple[Any, Any]] = {}
 
 
 def load_base(
-    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False
+    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
     """A fresh copy of the base (model, tokenizer), loaded from disk once per process.
 
     Workers that run many trials (launchers keep them alive) start later trials from the
     copy in memory instead of reading and initializing the weights again. The new task head
-    is initialized under ``seed``, so a warm copy equals a cold load.
+    is initialized under ``seed``, so a warm copy equals a cold load. ``labels``: the class
+    names in the order of their ids (``_align_head``).
     """
     import copy
 
-    model, tokenizer = warm_base(name, num_labels, seed, causal_lm)
+    model, tokenizer = warm_base(name, num_labels, seed, causal_lm, labels)
     return copy.deepcopy(model), tokenizer
 
 
 def warm_base(
-    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False
+    name: str, num_labels: int, seed: int = 0, causal_lm: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
     """The process's own (model, tokenizer) of ``load_base``: read it, never change it."""
     import torch
 
-    key = (name, -1 if causal_lm else num_labels, seed)
+    key = (name, -1 if causal_lm else num_labels, seed, () if causal_lm else tuple(labels))
     if key not in _WARM:
         _WARM.clear()  # one base model per study: keep memory flat
         torch.manual_seed(seed)
         _WARM[key] = _load(name, num_labels, causal_lm)
+        if labels and not causal_lm:
+            _align_head(_WARM[key][0], labels)
     return _WARM[key]
+
+
+def _align_head(model: Any, labels: tuple[str, ...]) -> None:
+    """A classifier fine-tuned already, on the task's classes in another order of ids, keeps
+    what its head learned: its rows are put in the order of ``labels``. (Kept as they were,
+    every class was read as another one: accuracy 0 on a model that scored 1.0.)"""
+    import torch
+
+    trained = [str(model.config.id2label.get(i, "")) for i in range(len(labels))]
+    if trained == list(labels) or sorted(trained) != sorted(labels):
+        return
+    head = [m for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == len(labels)]
+    if not head:
+        return
+    order = [trained.index(name) for name in labels]
+    with torch.no_grad():
+        head[-1].weight.copy_(head[-1].weight[order])
+        if head[-1].bias is not None:
+            head[-1].bias.copy_(head[-1].bias[order])
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: i for i, name in enumerate(labels)}
 
 
 def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
     """Load (model, tokenizer) from an alias, a path or a hub id: a sequence classifier with
-    a new head of ``num_labels``, or the causal LM as it is."""
+    a new head of ``num_labels`` (a head the checkpoint has of that size is kept), or the
+    causal LM as it is."""
     import torch
     from transformers import (
         AutoModelForCausalLM,

@@ -81,7 +81,8 @@ def _train(ctx: Any, num_labels: int, recipe: dict[str, Any], path: Path) -> Non
     from paretune.spaces.train import TrainConfig, fit
 
     model, tokenizer = models.load_base(
-        ctx.model_spec["name"], num_labels, ctx.seed, causal_lm=_causal(ctx)
+        ctx.model_spec["name"], num_labels, ctx.seed, causal_lm=_causal(ctx),
+        labels=ctx.label_names,
     )
     # the base's own vocabulary: the trial's splits may be tokenized by a trimmed one
     train = ctx.tokenize(tokenizer)[0] if ctx.tokenize is not None else ctx.train_data

@@ -127,7 +127,8 @@ def build(
     dataset = data_mod.load_task_data(task, seed)
     causal_lm = task["type"] == "causal_lm"
     num_labels = len(dataset.label_names)
-    base, tokenizer = models.warm_base(model_spec["name"], num_labels, seed, causal_lm=causal_lm)
+    base, tokenizer = models.warm_base(model_spec["name"], num_labels, seed, causal_lm=causal_lm,
+                                       labels=tuple(dataset.label_names))
     objectives = tuple(ctx_in.get("objectives", ()))
     info = _layout.space_info(base.config, task["type"], models.study_device(device), objectives,
                               measure_device=serve_device(ctx_in, device).split(":")[0],
@@ -151,6 +152,7 @@ def build(
         params=dict(spec.params), device=device, seed=seed, tokenizer=tokenizer,
         train_data=train, eval_data=eval_, task=task, model_spec=model_spec,
         cache_dir=cache_dir or tempfile.gettempdir(), data_fingerprint=dataset.fingerprint,
+        label_names=tuple(dataset.label_names),
         log=trial_logger(spec.number, bool(ctx_in.get("progress", False))), info=info,
         tokenize=tokenize,
     )

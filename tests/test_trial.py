@@ -108,3 +108,35 @@ def test_a_model_replaced_in_its_directory_is_a_new_model(
     shutil.copytree(tiny_llama, mine)
     assert fingerprint(str(mine)) != first
     assert fingerprint("owner/name") == "owner/name"  # a hub id is its name
+
+
+def test_a_classifier_trained_on_the_task_keeps_its_head_in_the_task_s_order(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    # a user's fine-tuned model numbers its classes tech, money, sport; paretune numbers
+    # them in order of name: kept as they were, every class was read as another one
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from paretune import models
+
+    mine = tmp_path / "finetuned"
+    shutil.copytree(tiny_model, mine)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        mine, num_labels=3, ignore_mismatched_sizes=True)
+    model.config.id2label = {0: "tech", 1: "money", 2: "sport"}
+    model.config.label2id = {"tech": 0, "money": 1, "sport": 2}
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    model.save_pretrained(mine)
+    models._WARM.clear()
+    loaded, _ = models.load_base(str(mine), 3, labels=("money", "sport", "tech"))
+    assert loaded.classifier.bias.tolist() == [1.0, 2.0, 0.0]
+    assert loaded.config.id2label == {0: "money", 1: "sport", 2: "tech"}
+    # a head for other classes is left as it is
+    models._WARM.clear()
+    other, _ = models.load_base(str(mine), 3, labels=("a", "b", "c"))
+    assert other.classifier.bias.tolist() == [0.0, 1.0, 2.0]
+    models._WARM.clear()

@@ -265,6 +265,7 @@ class TrialContext:
     model_spec: Mapping[str, Any]
     cache_dir: str
     data_fingerprint: str = ""
+    label_names: tuple[str, ...] = ()  # the classes, in the order of their ids
     stats: dict[str, float] = field(default_factory=dict)
     loss_terms: list[Callable[..., Any]] = field(default_factory=list)
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)

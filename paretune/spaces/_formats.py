@@ -112,7 +112,7 @@ import torch
 
 path = {str(path.resolve())!r}
 {load.replace("AUTO", auto)}
-tokenizer = AutoTokenizer.from_pretrained(path)
+tokenizer = AutoTokenizer.from_pretrained(path{_remote_code(path / Path(config).parent)})
 with open(os.path.join(path, {config!r})) as f:
     config = json.load(f)
 

@@ -242,3 +242,20 @@ def test_torchao_format_round_trips_through_from_pretrained(
         after = again(input_ids=ids).logits.float()
     assert type(again.bert.encoder.layer[0].attention.self.query.weight).__name__ == "Int8Tensor"
     assert torch.allclose(after, before, atol=0.02)
+
+
+def test_the_card_of_a_model_with_its_own_code_trusts_it_for_the_tokenizer_too(
+    tmp_path: Path,
+) -> None:
+    # without it, AutoTokenizer asks "Do you wish to run the custom code? [y/N]" in a
+    # terminal and waits before going on
+    import json
+
+    from paretune.spaces import _formats
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["PrunedBertForSequenceClassification"], "model_type": "pruned-bert",
+        "auto_map": {"AutoModelForSequenceClassification": "modeling.PrunedBert"}}))
+    code = _formats._transformers_snippet(tmp_path, "classification", 32)
+    assert "AutoTokenizer.from_pretrained(path, trust_remote_code=True)" in code
+    assert ".from_pretrained(path, trust_remote_code=True).eval()" in code
