@@ -237,6 +237,14 @@ def _check_task_type(name: str, config: Any, task_type: str) -> None:
             f"model.name {name!r} is a {kind} model, an encoder (it attends both ways): "
             "task.type causal_lm needs a decoder (Llama, Qwen2, Mistral, GPT-2...)."
         )
+    heads = getattr(config, "architectures", None) or []
+    if task_type == "causal_lm" and heads and not getattr(config, "tie_word_embeddings", False) \
+            and all(h.endswith("ForSequenceClassification") for h in heads):
+        raise ConfigError(
+            f"model.name {name!r} is a sequence classifier ({heads[0]}): it holds no LM head, "
+            "so a causal LM made from it would predict tokens at random; give the causal LM "
+            "it was made from."
+        )
     if task_type == "classification" and type(config) not in \
             MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ConfigError(

@@ -132,11 +132,22 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# models whose layers share one set of weights: ONNX Runtime's quantizers quantize the first
+# use only and keep an fp32 copy for the others (ALBERT: int8 1.37 MB against fp32 1.07)
+SHARED_LAYERS = ("albert",)
+
+
+def _shared_onnx(fmt: str, info: SpaceInfo) -> bool:
+    saved = saved_format(fmt, info.measure_device)
+    return info.model_type in SHARED_LAYERS and saved is not None and saved[0] == "onnx"
+
+
 def offered(info: SpaceInfo) -> list[str]:
     """The formats a study offers: a runtime runs them on the device latency is measured on
     (``info.measure_device``) and its package is installed. Half precision without fast
     kernels (fp16 on CPUs; bf16 on CPUs without AVX512-BF16 / AMX) is offered only when
-    latency is not an objective: there it would only ever be slower than fp32."""
+    latency is not an objective: there it would only ever be slower than fp32. Models of
+    shared layers get no ONNX int8 / int4 (``SHARED_LAYERS``): they came out larger."""
     device = info.measure_device
     latency = "latency_ms" in info.objectives
     out = []
@@ -147,6 +158,8 @@ def offered(info: SpaceInfo) -> list[str]:
         if device == "cpu" and latency and slow:
             continue
         if device == "cuda" and fmt == "bf16" and not info.bf16:
+            continue
+        if _shared_onnx(fmt, info):
             continue
         out.append(fmt)
     return out
@@ -165,6 +178,12 @@ def check(cfg: QuantConfig, info: SpaceInfo) -> None:
         raise ConfigError(
             f"quant.format {cfg.format} runs in bitsandbytes on a CUDA GPU, but artifacts are "
             f"measured on {device} (measure.device); use int4-g64 there."
+        )
+    if _shared_onnx(cfg.format, info):
+        raise ConfigError(
+            f"quant.format {cfg.format}: a {info.model_type} model shares one set of weights "
+            "between its layers, and ONNX Runtime's quantizer stores them larger than fp32 "
+            "(served on the CPU); use fp32, fp16 or bf16 there."
         )
     need = _needs(cfg.format, device)
     if not _installed(need):

@@ -89,6 +89,12 @@ LATE_CHECKS: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] = [
         task={**r["task"], "type": "causal_lm", "text_column": "text"},
         study={**r["study"], "objectives": {"perplexity": "minimize"}}),
      ["is a bert model, an encoder", "task.type causal_lm needs a decoder"]),
+    ("causal LM from a classifier's checkpoint", lambda r: (_config_of(
+        r, model_type="llama", architectures=["LlamaForSequenceClassification"],
+        tie_word_embeddings=False, is_decoder=None), r.update(
+        task={**r["task"], "type": "causal_lm", "text_column": "text"},
+        study={**r["study"], "objectives": {"perplexity": "minimize"}})),
+     ["is a sequence classifier (LlamaForSequenceClassification)", "holds no LM head"]),
     ("RoBERTa's positions start after its padding id", lambda r: _config_of(
         r, model_type="roberta", architectures=["RobertaForSequenceClassification"],
         max_position_embeddings=33, pad_token_id=1), ["`model.max_length <= 31` must hold"]),

@@ -64,3 +64,16 @@ def test_a_torchao_too_old_to_save_int8_counts_as_not_installed(
     found["torchao"] = "0.16.0+cu126"
     assert {"int8", "int4-g32"} <= set(quant.offered(info("cuda")))
     quant.check(quant.QuantConfig(format="int8"), info("cuda"))  # no error
+
+
+def test_a_model_of_shared_layers_gets_no_onnx_int8_or_int4() -> None:
+    # ONNX Runtime quantized ALBERT's shared weights at their first use only and kept an
+    # fp32 copy for the other layers: int8 1.37 MB, int4-g32 1.23 MB, fp32 1.07 MB
+    albert = SpaceInfo("albert", 2, 4, 4, 32, 64, 100, device="cpu", measure_device="cpu",
+                       objectives=("accuracy", "size_mb"))
+    assert quant.offered(albert) == ["fp32", "fp16", "bf16"]
+    with pytest.raises(ConfigError, match="shares one set of weights between its layers"):
+        quant.check(quant.QuantConfig(format="int8"), albert)
+    gpu = SpaceInfo("albert", 2, 4, 4, 32, 64, 100, device="cuda", measure_device="cuda",
+                    objectives=("accuracy", "size_mb"))
+    assert not quant._shared_onnx("int8", gpu)  # torchao quantizes each use on a GPU
