@@ -418,11 +418,11 @@ def _drop_empty(
     empty = Counter(col for row in rows for col in columns.values() if _is_empty(row.get(col)))
     what = ", ".join(f"{n} with an empty {col!r}" for col, n in sorted(empty.items()))
     if not kept:
-        keys = ", ".join(f"task.{key} {col!r}" for key, col in columns.items()
-                         if empty[col] == len(rows)) or "every column read"
+        full = [f"task.{key} {col!r}" for key, col in columns.items() if empty[col] == len(rows)]
+        fix = (f"check that {' and '.join(full)} names the column that holds the data" if full
+               else "fill in the empty values")
         raise ConfigError(
-            f"every one of the {len(rows)} rows of {where} has an empty value ({what}); "
-            f"check that {keys} names the column that holds the data."
+            f"every one of the {len(rows)} rows of {where} has an empty value ({what}); {fix}."
         )
     if policy == "error":
         raise ConfigError(
