@@ -140,6 +140,8 @@ def fingerprint(name: str) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path).as_posix()
+        if any(part.startswith((".", "__pycache__")) for part in rel.split("/")):
+            continue  # caches that loading itself writes (.cache/huggingface, bytecode)
         if file.suffix == ".json" and file.stat().st_size < 50_000_000:
             digest.update(f"{rel}:".encode() + file.read_bytes())
         else:
