@@ -648,6 +648,14 @@ def _encode_labels(
     note = _imbalance(train_counts, Counter(_label(r[column]) for r in eval_rows), column)
     if note:
         notes.append(note)
+    cases: dict[str, list[str]] = {}
+    for name in names:
+        cases.setdefault(name.casefold(), []).append(name)
+    alike = [" / ".join(repr(n) for n in group) for group in cases.values() if len(group) > 1]
+    if alike:
+        notes.append(f"task.label_column {column!r} has classes that differ only in case: "
+                     f"{', '.join(alike)}; they are separate classes: if each group is one, "
+                     "write its labels alike.")
     return eval_rows
 
 

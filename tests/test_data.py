@@ -411,6 +411,13 @@ def test_labels_that_differ_in_spelling_only_are_one_class(tmp_path: Path) -> No
     dataset = data.load_task_data(task, seed=0)
     assert dataset.label_names == ["1", "2", "10"]  # one class each, integers in their order
     assert not dataset.notes
+    # letters in another case may be another class: kept apart, with a warning
+    for i, item in enumerate(items):
+        item["label"] = "Sport" if i % 6 == 0 else "sport" if i % 6 == 3 else "tech"
+    task["dataset"] = write_csv(tmp_path / "case.csv", items)
+    dataset = data.load_task_data(task, seed=0)
+    assert dataset.label_names == ["Sport", "sport", "tech"]
+    assert any("differ only in case: 'Sport' / 'sport'" in note for note in dataset.notes)
 
 
 def test_rows_are_padded_on_the_right_whatever_the_tokenizer_pads(
