@@ -629,9 +629,9 @@ def _encode_labels(
             f"{next(iter(train_counts))!r} once the eval rows are held out; "
             + ", or ".join(ways) + "."
         )
-    unseen = Counter(label for r in eval_rows if (label := _label(r[column])) not in train_counts)
     eval_left = _drop_unseen(eval_rows, column, set(train_counts), eval_where, policy, notes)
-    if not eval_left:
+    if not eval_left:  # every eval row's class is one training lacks
+        unseen = Counter(_label(r[column]) for r in eval_rows)
         raise ConfigError(
             f"none of the {len(eval_rows)} eval rows of {eval_where} has a class of the "
             f"{len(train_rows)} training rows: theirs are {_listing(unseen)}, training's "
