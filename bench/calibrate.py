@@ -36,19 +36,24 @@ FRESH = {  # way of training -> (fixed knobs, learning rates to try)
     "prefix": ({"prompt.virtual_tokens": 10}, [3e-3, 1e-2, 3e-2]),
     "ptuning": ({"prompt.virtual_tokens": 10}, [3e-3, 1e-2, 3e-2]),
 }
+# the reference's recipe: a full fine-tune at 3e-4, its new head at lr x head_lr_scale
+REFERENCE = {"train.lr": [3e-4], "train.head_lr_scale": [1.0, 10.0, 30.0, 100.0],
+             "train.epochs": [5, 8]}
 RECOVER = {  # from the finetuned reference, 3 of 6 layers
     "none": [1e-5, 3e-5, 1e-4, 3e-4],
     "lora": [1e-4, 3e-4, 1e-3],
 }
 BASE = {"train.batch_size": 32, "train.weight_decay": 0.01, "train.warmup_ratio": 0.1,
+        "vocab.keep": "all",
         "train.scheduler": "linear", "prune.ratio": 0.0, "quant.format": "fp32"}
 
 
 def raw_config(name: str, space: dict[str, Any], args: argparse.Namespace,
-               root: Path) -> dict[str, Any]:
+               root: Path, seed: int = 0) -> dict[str, Any]:
     data = Path(args.data)
     return {
-        "study": {"name": name, "storage": f"sqlite:///{root / 'calib.db'}", "sampler": "grid",
+        "study": {"name": f"{name}-s{seed}", "storage": f"sqlite:///{root / 'calib.db'}",
+                  "sampler": "grid", "seed": seed,
                   "n_trials": 100, "anchors": False, "cache_dir": str(root / "cache"),
                   # latency is not known before training: only the near-chance rule stops
                   "objectives": {"accuracy": "maximize", "latency_ms": "minimize"}},
@@ -61,13 +66,17 @@ def raw_config(name: str, space: dict[str, Any], args: argparse.Namespace,
     }
 
 
-ORDER = ("fresh-none", "fresh-lora", "recover-none", "fresh-head", "fresh-ia3", "recover-lora",
-         "fresh-prefix", "fresh-ptuning", "fresh-dora", "fresh-adalora")  # most telling first
+ORDER = ("reference", "fresh-none", "fresh-lora", "recover-none", "fresh-head",  # most telling
+         "fresh-ia3", "recover-lora", "fresh-prefix", "fresh-ptuning", "fresh-dora",  # first
+         "fresh-adalora")
 
 
 def studies(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     only = set(args.only.split(",")) if args.only else None
     out = []
+    if only is None or "reference" in only:
+        out.append(("reference", {"train.init": "pretrained", "peft.method": "none",
+                                  "arch.n_layers": 0, "distill.enabled": False, **REFERENCE}))
     for method, (fixed, rates) in FRESH.items():
         if only is None or method in only:
             out.append((f"fresh-{method}", {
@@ -93,7 +102,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--max-train-rows", type=int, default=None)
-    parser.add_argument("--only", default=None, help="comma list: none,lora,...,recover-none")
+    parser.add_argument("--only", default=None,
+                        help="comma list: reference,none,lora,...,recover-none")
+    parser.add_argument("--seed", type=int, default=0, help="study.seed (init and shuffling)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", nargs="*")
     args = parser.parse_args()
@@ -109,12 +120,15 @@ def main() -> int:
 
         args.model = make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", [], num_layers=6)
     root = Path(tempfile.mkdtemp(prefix="calib-"))
+    seed = args.seed
     for name, space in studies(args):
         start = time.perf_counter()
-        study = run_study(parse_config(raw_config(name, space, args, root)), quiet=True)
+        study = run_study(parse_config(raw_config(name, space, args, root, seed)), quiet=True)
         for t in study.trials:
             p = t.user_attrs.get("params", t.params)
-            row = {"study": name, "lr": p.get("train.lr"), "distill": p.get("distill.enabled"),
+            row = {"study": name, "seed": seed, "lr": p.get("train.lr"),
+                   "head": p.get("train.head_lr_scale"), "epochs": p.get("train.epochs"),
+                   "distill": p.get("distill.enabled"),
                    "state": t.state.name, "curve": t.user_attrs.get("intermediate", []),
                    "accuracy": t.user_attrs.get("accuracy"),
                    "train_time_s": t.user_attrs.get("train_time_s"),
@@ -124,18 +138,23 @@ def main() -> int:
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(line + "\n")
-        print(f"# {name}: {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+        print(f"# {name} (seed {seed}): {time.perf_counter() - start:.0f}s", file=sys.stderr,
+              flush=True)
     return 0
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    lines = ["| study | lr | distill | accuracy after each epoch | final | train s |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["study"], r["lr"] or 0, bool(r["distill"]))):
+    lines = ["| study | seed | lr | head x | epochs | distill | accuracy after each epoch "
+             "| final | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["study"], r["lr"] or 0, r.get("head") or 1, r.get("epochs") or 0,
+                bool(r["distill"]), r.get("seed", 0))
+    for r in sorted(rows, key=order):
         curve = " ".join(f"{v:.3f}" for _, v in r["curve"])
         final = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else r["state"].lower()
         t = f"{r['train_time_s']:.0f}" if r.get("train_time_s") else "-"
-        lines.append(f"| {r['study']} | {r['lr']:g} | {r['distill']} | {curve} | {final} | {t} |")
+        lines.append(f"| {r['study']} | {r.get('seed', 0)} | {r['lr']:g} | {r.get('head') or 1:g}"
+                     f" | {r.get('epochs') or '-'} | {r['distill']} | {curve} | {final} | {t} |")
     return "\n".join(lines)
 
 

@@ -114,7 +114,8 @@ def _starts(space: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, di
     init = space.get("train.init")
     finetuned = init is not None and "finetuned" in init.endpoints()
     fresh = {"train.init": "pretrained", "train.lr": recipe["lr"],
-             "train.epochs": recipe["epochs"], "train.batch_size": recipe["batch_size"]}
+             "train.epochs": recipe["epochs"], "train.batch_size": recipe["batch_size"],
+             "train.head_lr_scale": recipe["head_lr_scale"]}
     if not finetuned:
         return {"as is": fresh, "recover": fresh}
     return {

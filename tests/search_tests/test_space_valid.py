@@ -210,6 +210,30 @@ def test_layers_are_dropped_only_where_the_trial_trains_again(
     assert {p["peft.method"] for p in trained} - {"none"}
 
 
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_only_a_full_fine_tune_from_pretrained_gives_its_new_head_a_faster_rate(
+    arch: str, family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
+) -> None:
+    cfg = parse_config(default_space_config(tmp_path, family_models[arch], tiny_csv))
+    points = draw(cfg.space, n_each=60, info=cfg.info)
+    fresh = [p for p in points if p.get("train.init") == "pretrained"
+             and p.get("peft.method") == "none" and p.get("train.epochs", 0) > 0]
+    assert fresh and {p["train.head_lr_scale"] for p in fresh} == {100.0}
+    others = [p for p in points if p not in fresh]
+    # adapters, the head alone and the finetuned start (its head trained) have one rate
+    assert others and not [p for p in others if "train.head_lr_scale" in p]
+
+
+def test_a_causal_lm_has_no_head_to_speed_up(
+    family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
+) -> None:
+    raw = default_space_config(tmp_path, family_models["llama"], tiny_csv)
+    raw["task"]["type"] = "causal_lm"
+    cfg = parse_config(raw)
+    drawn = {p.get("train.head_lr_scale") for p in draw(cfg.space, n_each=40, info=cfg.info)}
+    assert drawn <= {None, 1.0} and 1.0 in drawn
+
+
 def test_a_value_on_a_step_is_recorded_as_written() -> None:
     from paretune.spaces import Float
 

@@ -259,6 +259,29 @@ def test_schedulers_warm_up_then_decay() -> None:
     assert lr_factor(99, 100, 10, "constant") == 1.0
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_new_head_trains_at_its_own_rate(
+    arch: str, family_models: dict[str, str], tiny_csv: str, tmp_path: Path
+) -> None:
+    from paretune.spaces import _layout
+
+    def moved(**params: Any) -> tuple[float, float]:
+        """How far the head's and the body's weights moved from their initial values."""
+        start, _, _ = shipped(family_models[arch], tmp_path, tiny_csv, **{"train.lr": 1e-12})
+        model, _, _ = shipped(family_models[arch], tmp_path, tiny_csv, **params)
+        head = tuple(_layout.head_modules(model))
+        before = dict(start.named_parameters())
+        delta = {name: float((p.detach() - before[name].detach()).abs().max()) for name, p
+                 in model.named_parameters()}
+        return (max(v for k, v in delta.items() if k.startswith(head)),
+                max(v for k, v in delta.items() if not k.startswith(head)))
+
+    head, body = moved(**{"train.lr": 1e-6, "train.head_lr_scale": 1000.0})
+    assert head > 100 * body > 0
+    head, body = moved(**{"train.lr": 1e-6})  # one rate for every weight
+    assert body > 0 and head < 10 * body
+
+
 def test_bf16_training_runs_on_cpu(
     family_models: dict[str, str], tiny_csv: str, tmp_path: Path
 ) -> None:
