@@ -24,7 +24,8 @@ def _defaults(family: Any) -> dict[str, Any]:
 def build_space(
     overrides: Mapping[str, Any], info: SpaceInfo
 ) -> tuple[dict[str, Any], list[str]]:
-    """Every knob's spec for this study, and one line per family left out of it.
+    """Every knob's spec for this study, and one line per family left out of it (or per
+    family some of whose choices the model cannot run).
 
     A knob the config names keeps the config's spec, after every value it can take is checked
     against the model and device (one-line ``ConfigError`` otherwise); any other knob gets
@@ -47,6 +48,8 @@ def build_space(
                 shaped = {k: spaces.Fixed(defaults[k]) for k in family.knobs}
             else:
                 shaped.update(out)
+                if isinstance(out, spaces.Shaped) and out.note:
+                    notes.append(f"{family.name}: {out.note}")
         named = {k: overrides[f"{family.name}.{k}"] for k in family.knobs
                  if f"{family.name}.{k}" in overrides}
         if left_out is not None:

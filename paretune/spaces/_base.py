@@ -304,9 +304,19 @@ class TrialContext:
                                                    tokenizer)
 
 
+class Shaped(dict):  # type: ignore[type-arg]
+    """A shape's ranges with one line on the choices this model cannot run, which the space
+    leaves out (shown with the families left out before the study starts)."""
+
+    def __init__(self, ranges: Mapping[str, Any], note: str = "") -> None:
+        super().__init__(ranges)
+        self.note = note
+
+
 ApplyFn = Callable[[Any, Any, TrialContext], Any]  # (model, the family's config, ctx) -> model
-# (info) -> the family's default ranges for this model and device (only those that change),
-# or a one-line reason why the family cannot apply to this model at all
+# (info) -> the family's default ranges for this model and device (only those that change;
+# a Shaped says which choices the model cannot run), or a one-line reason why the family
+# cannot apply to this model at all
 ShapeFn = Callable[[SpaceInfo], Union[Mapping[str, Knob], str]]  # noqa: UP007
 # (config, info) -> None; raises ConfigError for a value that cannot run on this model/device
 CheckFn = Callable[[Any, SpaceInfo], None]

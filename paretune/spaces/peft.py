@@ -16,6 +16,7 @@ from paretune.spaces import _layout
 from paretune.spaces._base import (
     Choice,
     FamilyConfig,
+    Shaped,
     SpaceInfo,
     Stage,
     TrialContext,
@@ -49,15 +50,23 @@ class PeftConfig(FamilyConfig):
             )
 
 
-def shape(info: SpaceInfo) -> dict[str, Any]:
-    """The methods that can run on this model and task and can move the study's objectives."""
+def shape(info: SpaceInfo) -> Shaped:
+    """The methods that can run on this model and task and can move the study's objectives,
+    with one line on those the model cannot run."""
     has_layout = _layout.layout_of(info.model_type) is not None
     methods = ["none", "lora"] + (["ia3"] if has_layout else [])
+    cannot = [] if has_layout else [
+        f"ia3 (paretune has no layer layout for model type {info.model_type!r})"]
     if any(o in TRAINING_COSTS for o in info.objectives):
         methods += ["dora", "adalora"]
         methods += ["head"] if info.task_type == "classification" else []
         methods += list(PROMPT_METHODS) if info.prefix_tuning else []
-    return {"method": Choice(*methods)}
+        if not info.prefix_tuning:
+            cannot.append(f"prefix and ptuning (model type {info.model_type!r} does not take "
+                          f"trained prefixes as past_key_values in transformers "
+                          f"{_transformers()})")
+    note = f"peft.method leaves out {'; '.join(cannot)}." if cannot else ""
+    return Shaped({"method": Choice(*methods)}, note)
 
 
 def check(cfg: PeftConfig, info: SpaceInfo) -> None:
