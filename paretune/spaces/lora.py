@@ -11,8 +11,10 @@ from paretune.spaces._base import (
     Choice,
     FamilyConfig,
     Float,
+    Int,
     SpaceInfo,
     Stage,
+    Switch,
     TrialContext,
     register_family,
 )
@@ -94,7 +96,11 @@ register_family(
     when={"peft.method": ("lora", "dora")},
     knobs={
         "r": Choice(4, 8, 16, 32),
-        "alpha": Choice(8, 16, 32),
+        # alpha is r or 2r: the learning rates (train.py) were calibrated at alpha / r = 2,
+        # and LoRA's steps scale with alpha / r; at 4 and 8 with rates from that range two
+        # trials of front run 5 diverged (NaN) and one collapsed to chance on the CPU
+        "alpha": Switch("lora.r", {r: Int(r, 2 * r, step=r) for r in (4, 8, 16, 32)},
+                        default=Int(16, 32, step=16)),
         "dropout": Float(0.0, 0.2, step=0.05),
         "targets": Choice(*TARGETS),
     },

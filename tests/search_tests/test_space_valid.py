@@ -230,6 +230,18 @@ def test_only_a_full_fine_tune_from_pretrained_gives_its_new_head_a_faster_rate(
     assert others and not [p for p in others if "train.head_lr_scale" in p]
 
 
+def test_lora_scales_stay_where_its_rates_were_calibrated(
+    family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
+) -> None:
+    raw = default_space_config(tmp_path, family_models["bert"], tiny_csv,
+                               objectives=["accuracy", "trainable_params"])
+    cfg = parse_config(raw)
+    lora = [p for p in draw(cfg.space, info=cfg.info) if "lora.alpha" in p]
+    # alpha / r of 1 or 2: LoRA's rates were measured at 2 and diverged at 4 and 8
+    assert {p["lora.alpha"] / p["lora.r"] for p in lora} == {1.0, 2.0}
+    assert {p["lora.r"] for p in lora} == {4, 8, 16, 32}
+
+
 def test_a_causal_lm_has_no_head_to_speed_up(
     family_models: dict[str, str], tiny_csv: str, tmp_path: Path,
 ) -> None:
