@@ -40,7 +40,7 @@ def build_space(
     for family in spaces.families():
         defaults = _defaults(family)
         shaped: dict[str, Any] = dict(family.knobs)
-        left_out = None
+        left_out, out = None, None
         if family.shape is not None:
             out = family.shape(info)
             if isinstance(out, str):
@@ -48,10 +48,10 @@ def build_space(
                 shaped = {k: spaces.Fixed(defaults[k]) for k in family.knobs}
             else:
                 shaped.update(out)
-                if isinstance(out, spaces.Shaped) and out.note:
-                    notes.append(f"{family.name}: {out.note}")
         named = {k: overrides[f"{family.name}.{k}"] for k in family.knobs
                  if f"{family.name}.{k}" in overrides}
+        if isinstance(out, spaces.Shaped) and out.note and not set(out) <= set(named):
+            notes.append(f"{family.name}: {out.note}")  # of choices the config leaves open
         if left_out is not None:
             for knob, spec in named.items():
                 if any(v != defaults[knob] for v in spec.endpoints()):

@@ -153,10 +153,10 @@ def param_groups(model: Any, cfg: TrainConfig, head: Any = ()) -> list[dict[str,
     modules (names of the task model's top-level children) at ``lr * head_lr_scale``."""
     from paretune.spaces import _layout
 
-    task_model = _layout.backbone(model)
-    fast = {id(p) for name in head for p in task_model.get_submodule(name).parameters()}
-    if cfg.head_lr_scale == 1.0:
-        fast = set()
+    fast: set[int] = set()
+    if cfg.head_lr_scale != 1.0:
+        task_model = _layout.backbone(model)
+        fast = {id(p) for name in head for p in task_model.get_submodule(name).parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrialFailed("the model has no trainable parameters: check peft.method.")

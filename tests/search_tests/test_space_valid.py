@@ -183,6 +183,8 @@ def test_a_study_on_each_common_architecture_runs_with_what_applies_to_it(
                                          in said)
     assert ("ia3" not in methods) == ("ia3 (paretune has no layer layout" in said)
     assert said.count("peft:") <= 1
+    fixed = parse_config({**raw, "space": {**raw["space"], "peft.method": "lora"}})
+    assert not [note for note in fixed.notes if note.startswith("peft:")]  # nothing left out
     if "prune" not in left_out:
         assert ("heads" in cfg.space["prune.scheme"].choices) == (model_type == "qwen2")
     study = run_study(cfg, quiet=True)  # real (tiny) training
