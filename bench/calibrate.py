@@ -39,6 +39,9 @@ FRESH = {  # way of training -> (fixed knobs, learning rates to try)
 # the reference's recipe: a full fine-tune at 3e-4, its new head at lr x head_lr_scale
 REFERENCE = {"train.lr": [3e-4], "train.head_lr_scale": [1.0, 10.0, 30.0, 100.0],
              "train.epochs": [5, 8]}
+# LoRA's scale: alpha / r of 1, 2 and 4 in the top half of its rate range, batch 16
+LORA_SCALE = {"lora.r": 8, "lora.alpha": [8, 16, 32], "lora.targets": "attention",
+              "train.lr": [1.5e-3, 2e-3], "train.batch_size": 16}
 RECOVER = {  # from the finetuned reference, 3 of 6 layers
     "none": [1e-5, 3e-5, 1e-4, 3e-4],
     "lora": [1e-4, 3e-4, 1e-3],
@@ -66,9 +69,9 @@ def raw_config(name: str, space: dict[str, Any], args: argparse.Namespace,
     }
 
 
-ORDER = ("reference", "fresh-none", "fresh-lora", "recover-none", "fresh-head",  # most telling
-         "fresh-ia3", "recover-lora", "fresh-prefix", "fresh-ptuning", "fresh-dora",  # first
-         "fresh-adalora")
+ORDER = ("reference", "lora-scale", "fresh-none", "fresh-lora", "recover-none",  # most
+         "fresh-head", "fresh-ia3", "recover-lora", "fresh-prefix", "fresh-ptuning",  # telling
+         "fresh-dora", "fresh-adalora")  # first
 
 
 def studies(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -77,6 +80,11 @@ def studies(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     if only is None or "reference" in only:
         out.append(("reference", {"train.init": "pretrained", "peft.method": "none",
                                   "arch.n_layers": 0, "distill.enabled": False, **REFERENCE}))
+    if only is None or "lora-scale" in only:
+        out.append(("lora-scale", {"train.init": "pretrained", "peft.method": "lora",
+                                   "train.epochs": args.epochs, "arch.n_layers": 0,
+                                   "distill.enabled": False, "lora.dropout": 0.0,
+                                   **LORA_SCALE}))
     for method, (fixed, rates) in FRESH.items():
         if only is None or method in only:
             out.append((f"fresh-{method}", {
@@ -103,7 +111,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--max-train-rows", type=int, default=None)
     parser.add_argument("--only", default=None,
-                        help="comma list: reference,none,lora,...,recover-none")
+                        help="comma list: reference,lora-scale,none,lora,...,recover-none")
     parser.add_argument("--seed", type=int, default=0, help="study.seed (init and shuffling)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", nargs="*")
@@ -128,6 +136,7 @@ def main() -> int:
             p = t.user_attrs.get("params", t.params)
             row = {"study": name, "seed": seed, "lr": p.get("train.lr"),
                    "head": p.get("train.head_lr_scale"), "epochs": p.get("train.epochs"),
+                   "lora": f"{p['lora.r']}/{p['lora.alpha']}" if "lora.r" in p else None,
                    "distill": p.get("distill.enabled"),
                    "state": t.state.name, "curve": t.user_attrs.get("intermediate", []),
                    "accuracy": t.user_attrs.get("accuracy"),
@@ -144,17 +153,20 @@ def main() -> int:
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    lines = ["| study | seed | lr | head x | epochs | distill | accuracy after each epoch "
-             "| final | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| study | seed | lr | head x | lora r/alpha | epochs | distill "
+             "| accuracy after each epoch | final | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     def order(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["study"], r["lr"] or 0, r.get("head") or 1, r.get("epochs") or 0,
+        return (r["study"], r["lr"] or 0, r.get("head") or 1, r.get("lora") or "",
+                r.get("epochs") or 0,
                 bool(r["distill"]), r.get("seed", 0))
     for r in sorted(rows, key=order):
         curve = " ".join(f"{v:.3f}" for _, v in r["curve"])
         final = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else r["state"].lower()
         t = f"{r['train_time_s']:.0f}" if r.get("train_time_s") else "-"
         lines.append(f"| {r['study']} | {r.get('seed', 0)} | {r['lr']:g} | {r.get('head') or 1:g}"
-                     f" | {r.get('epochs') or '-'} | {r['distill']} | {curve} | {final} | {t} |")
+                     f" | {r.get('lora') or '-'} | {r.get('epochs') or '-'} | {r['distill']}"
+                     f" | {curve} | {final} | {t} |")
     return "\n".join(lines)
 
 
