@@ -281,6 +281,7 @@ def load_artifact(directory: str | os.PathLike[str], device: str = "cpu") -> Any
 
 
 _WARM: dict[tuple[str, int, int, tuple[str, ...]], tuple[Any, Any]] = {}
+NEW_MODULES = "paretune_new_modules"  # attribute of a loaded classifier: see _load
 
 
 def load_base(
@@ -364,10 +365,15 @@ def _load(name: str, num_labels: int, causal_lm: bool) -> tuple[Any, Any]:
                 path, local_files_only=offline, dtype=torch.float32
             )
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=num_labels, local_files_only=offline,
-                ignore_mismatched_sizes=True, dtype=torch.float32,
+                ignore_mismatched_sizes=True, dtype=torch.float32, output_loading_info=True,
             )
+            # the top-level modules with weights the checkpoint did not hold (or held in
+            # another shape): initialized here, they are the new task head
+            fresh = [k[0] if isinstance(k, tuple) else k for k in
+                     [*loading.get("missing_keys", ()), *loading.get("mismatched_keys", ())]]
+            setattr(model, NEW_MODULES, sorted({str(k).split(".")[0] for k in fresh}))
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None:

@@ -94,7 +94,7 @@ def _train(ctx: Any, num_labels: int, recipe: dict[str, Any], path: Path) -> Non
             f"at lr {recipe['lr']:g}) -> {path}")
     model.to(ctx.device)
     cfg = TrainConfig(precision=ctx.params.get("train.precision", "fp32"), **recipe)
-    head = [] if _causal(ctx) else _layout.head_modules(model)
+    head = [] if _causal(ctx) else _layout.new_head_modules(model)
     seconds, loss = fit(model, cfg, train, ctx.device, ctx.seed, log=ctx.log, head=head)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     model.save_pretrained(tmp, safe_serialization=True)

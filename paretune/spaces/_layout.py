@@ -170,6 +170,17 @@ def head_modules(model: Any) -> list[str]:
     ]
 
 
+def new_head_modules(model: Any) -> list[str]:
+    """The head modules the base checkpoint did not hold, initialized at random when it was
+    loaded (``models.NEW_MODULES``); every head module where that was not recorded. A
+    classifier fine-tuned already brings its head: it is not new."""
+    from paretune.models import NEW_MODULES
+
+    new = getattr(backbone(model), NEW_MODULES, None)
+    heads = head_modules(model)
+    return heads if new is None else [name for name in heads if name in new]
+
+
 def tokenizer_kind(tokenizer: Any, vocab_size: int | None = None) -> str:
     """``SpaceInfo.tokenizer``: the model of a fast tokenizer's backend, lower-case
     (``wordpiece``, ``bpe``, ``unigram``, ``wordlevel``), or ``slow`` without one; said with

@@ -37,8 +37,9 @@ class TrainConfig(FamilyConfig):
     steps over which the rate rises linearly from 0 to lr. scheduler: decay after warm-up,
     `linear` (to 0), `cosine` (to 0) or `constant`. precision: autocast dtype of forward and
     backward, `fp32`, `bf16` (CPU or a GPU that has it) or `fp16` (CUDA only).
-    head_lr_scale: a classifier's task head (its new, randomly initialized layers) trains at
-    lr times this; the pretrained weights at lr.
+    head_lr_scale: a classifier's new task head (the layers its checkpoint did not hold,
+    initialized at random) trains at lr times this; the pretrained weights, and a head the
+    checkpoint brings, at lr.
     """
 
     init: str = "pretrained"
@@ -269,10 +270,10 @@ def train(model: Any, cfg: TrainConfig, ctx: TrialContext) -> Any:
 
 
 def task_head(model: Any, ctx: TrialContext) -> list[str]:
-    """A classifier's task head (a causal LM's ``lm_head`` is pretrained: it is no head)."""
+    """A classifier's new task head (a causal LM's ``lm_head`` is pretrained: no head)."""
     from paretune.spaces import _layout
 
-    return _layout.head_modules(model) if ctx.task["type"] == "classification" else []
+    return _layout.new_head_modules(model) if ctx.task["type"] == "classification" else []
 
 
 def shape(info: SpaceInfo) -> dict[str, Any]:
