@@ -81,8 +81,7 @@ def reference_path(ctx: Any, num_labels: int) -> Path:
 
 def _train(ctx: Any, num_labels: int, recipe: dict[str, Any], path: Path) -> None:
     from paretune import models
-    from paretune.spaces import _layout
-    from paretune.spaces.train import TrainConfig, fit
+    from paretune.spaces.train import TrainConfig, fit, task_head
 
     model, tokenizer = models.load_base(
         ctx.model_spec["name"], num_labels, ctx.seed, causal_lm=_causal(ctx),
@@ -94,8 +93,8 @@ def _train(ctx: Any, num_labels: int, recipe: dict[str, Any], path: Path) -> Non
             f"at lr {recipe['lr']:g}) -> {path}")
     model.to(ctx.device)
     cfg = TrainConfig(precision=ctx.params.get("train.precision", "fp32"), **recipe)
-    head = [] if _causal(ctx) else _layout.new_head_modules(model)
-    seconds, loss = fit(model, cfg, train, ctx.device, ctx.seed, log=ctx.log, head=head)
+    seconds, loss = fit(model, cfg, train, ctx.device, ctx.seed, log=ctx.log,
+                        head=task_head(model, ctx))
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     try:
